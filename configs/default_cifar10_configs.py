@@ -1,0 +1,183 @@
+"""Shared defaults of every CIFAR-10 experiment (values of the official score_sde defaults).
+
+The other dataset defaults (CelebA, LSUN, FFHQ, toy) start from this dictionary and override
+what differs, so every config in this directory has the same set of keys.
+
+Keys beyond the official ones, read by this project:
+  sampling.method      'pc' | 'ode' (later 'heun', 'dpm_solver'); the experiment files set it.
+  sampling.rtol/atol   tolerances of the probability-flow ODE solver (official: RK45, 1e-5).
+  sampling.solver      diffrax solver name for the ODE sampler ('dopri5' is scipy's RK45).
+  eval.inception_path  local Inception-v3 weight file for FID / IS / KID ('' = not set).
+  eval.bpd_num_repeats dequantization repeats of the bits/dim evaluation (official: 5).
+  data.source          'tfds' | 'npz' | 'folder' | 'digits' | 'toy'.
+  data.tfds_name       tensorflow-datasets name when data.source == 'tfds'.
+  data.path            file (.npz) or directory (images) when data.source is 'npz' / 'folder'.
+"""
+
+import ml_collections
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 128
+    training.n_iters = 1300001
+    training.snapshot_freq = 50000
+    training.log_freq = 50
+    training.eval_freq = 100
+    # extra checkpoints, overwritten in place, to resume after preemption
+    training.snapshot_freq_for_preemption = 10000
+    # draw samples at every snapshot
+    training.snapshot_sampling = True
+    training.likelihood_weighting = False
+    training.continuous = True
+    training.n_jitted_steps = 5
+    training.reduce_mean = False
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = 'pc'
+    sampling.n_steps_each = 1
+    sampling.noise_removal = True
+    sampling.probability_flow = False
+    sampling.snr = 0.16
+    sampling.rtol = 1e-5
+    sampling.atol = 1e-5
+    sampling.solver = 'dopri5'
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.begin_ckpt = 9
+    evaluate.end_ckpt = 26
+    evaluate.batch_size = 1024
+    evaluate.enable_sampling = False
+    evaluate.num_samples = 50000
+    evaluate.enable_loss = True
+    evaluate.enable_bpd = False
+    evaluate.bpd_dataset = 'test'
+    evaluate.bpd_num_repeats = 5
+    evaluate.inception_path = ''
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = 'CIFAR10'
+    data.source = 'tfds'
+    data.tfds_name = 'cifar10'
+    data.path = ''
+    data.image_size = 32
+    data.random_flip = True
+    data.centered = False
+    data.uniform_dequantization = False
+    data.num_channels = 3
+
+    config.model = model = ml_collections.ConfigDict()
+    model.sigma_min = 0.01
+    model.sigma_max = 50.
+    model.num_scales = 1000
+    model.beta_min = 0.1
+    model.beta_max = 20.
+    model.dropout = 0.1
+    model.embedding_type = 'fourier'
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.weight_decay = 0.
+    optim.optimizer = 'Adam'
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.warmup = 5000
+    optim.grad_clip = 1.
+
+    config.seed = 42
+    return config
+
+
+def set_ncsnpp_model(model: ml_collections.ConfigDict) -> None:
+    """NCSN++ as trained on CIFAR-10 with the VE SDE (paper Table 3 / official ve configs).
+
+    Experiments that change one of these (DDPM++, deep variants, VP / sub-VP NCSN++) override
+    the keys after this call.
+    """
+    model.name = 'ncsnpp'
+    model.scale_by_sigma = True
+    model.ema_rate = 0.999
+    model.normalization = 'GroupNorm'
+    model.nonlinearity = 'swish'
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 4
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+    model.fir = True
+    model.fir_kernel = [1, 3, 3, 1]
+    model.skip_rescale = True
+    model.resblock_type = 'biggan'
+    model.progressive = 'none'
+    model.progressive_input = 'residual'
+    model.progressive_combine = 'sum'
+    model.attention_type = 'ddpm'
+    model.init_scale = 0.
+    model.fourier_scale = 16
+    model.conv_size = 3
+
+
+def set_ddpmpp_model(model: ml_collections.ConfigDict) -> None:
+    """DDPM++: the NCSN++ network without FIR resampling nor progressive input, with the
+    sinusoidal (positional) time embedding, predicting the noise (no division by sigma)."""
+    set_ncsnpp_model(model)
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.fir = False
+    model.progressive_input = 'none'
+    model.embedding_type = 'positional'
+
+
+def set_ddpm_model(model: ml_collections.ConfigDict) -> None:
+    """The DDPM network of Ho et al. (2020) with its CIFAR-10 hyper-parameters."""
+    model.name = 'ddpm'
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.normalization = 'GroupNorm'
+    model.nonlinearity = 'swish'
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+
+
+def set_pc_sampling(sampling: ml_collections.ConfigDict, predictor: str, corrector: str) -> None:
+    """Predictor-corrector sampling with the given predictor and corrector names."""
+    sampling.method = 'pc'
+    sampling.predictor = predictor
+    sampling.corrector = corrector
+
+
+def set_ncsn_model(config: ml_collections.ConfigDict, name: str, num_scales: int,
+                   ema_rate: float, lr: float) -> None:
+    """NCSN (v1, name 'ncsn') / NCSNv2 ('ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256'): RefineNet
+    with InstanceNorm++ and ELU, trained with the SMLD loss on discrete noise levels, Adam
+    without warm-up nor gradient clipping, sampled by annealed Langevin dynamics ('ald')."""
+    config.training.sde = 'vesde'
+    config.training.continuous = False
+    set_pc_sampling(config.sampling, 'none', 'ald')
+
+    model = config.model
+    model.name = name
+    model.scale_by_sigma = name != 'ncsn'
+    model.num_scales = num_scales
+    model.ema_rate = ema_rate
+    model.normalization = 'InstanceNorm++'
+    model.nonlinearity = 'elu'
+    model.nf = 128
+    model.interpolation = 'bilinear'
+
+    optim = config.optim
+    optim.weight_decay = 0.
+    optim.optimizer = 'Adam'
+    optim.lr = lr
+    optim.beta1 = 0.9
+    optim.amsgrad = False
+    optim.eps = 1e-8
+    optim.warmup = 0
+    optim.grad_clip = -1.

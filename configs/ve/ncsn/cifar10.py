@@ -1,0 +1,12 @@
+"""NCSN (Song & Ermon, 2019) on CIFAR-10: 10 noise levels from 1 to 0.01."""
+
+from configs.default_cifar10_configs import get_default_configs, set_ncsn_model
+
+
+def get_config():
+    config = get_default_configs()
+    set_ncsn_model(config, 'ncsn', num_scales=10, ema_rate=0., lr=1e-3)
+    config.model.sigma_max = 1.
+    config.sampling.n_steps_each = 100
+    config.sampling.snr = 0.316
+    return config

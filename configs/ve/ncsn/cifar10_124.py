@@ -1,0 +1,12 @@
+"""NCSN on CIFAR-10 with NCSNv2's techniques 1, 2, 4 (232 noise levels up to 50, tuned
+annealed Langevin step size)."""
+
+from configs.default_cifar10_configs import get_default_configs, set_ncsn_model
+
+
+def get_config():
+    config = get_default_configs()
+    set_ncsn_model(config, 'ncsn', num_scales=232, ema_rate=0., lr=1e-3)
+    config.sampling.n_steps_each = 5
+    config.sampling.snr = 0.176
+    return config

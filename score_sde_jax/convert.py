@@ -1,0 +1,86 @@
+"""Convert an official score_sde checkpoint into an orbax checkpoint of this package.
+
+    python -m score_sde_jax.convert --config configs/ve/cifar10_ncsnpp_continuous.py \
+        --checkpoint checkpoint_24.pth --out converted/ve_ncsnpp
+
+``--checkpoint`` is one of
+  * ``*.pth``: a score_sde_pytorch training checkpoint (``model``, ``ema``, ``step``) or a bare
+    state_dict; needs PyTorch (``pip install torch``);
+  * ``*.npz``: a PyTorch state_dict saved with numpy (used for both params and params_ema);
+  * anything else: an official JAX/Flax checkpoint file ``checkpoint_<n>`` (msgpack) or a
+    directory holding such files (the latest is used).
+
+``--out DIR`` receives an orbax (StandardCheckpointer) checkpoint of the tree
+``{'params': ..., 'params_ema': ..., 'step': int}``; restore it with
+``orbax.checkpoint.StandardCheckpointer().restore(DIR)``. Use ``params_ema`` for sampling and
+evaluation: ``model.apply({'params': tree['params_ema']}, x, labels, train=False)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+from score_sde_jax import checkpoints_import
+
+
+def load_config(path: str):
+    """``get_config()`` of a config file; the folder above its ``configs/`` goes on sys.path."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    parts = path.split(os.sep)
+    if "configs" in parts:
+        root = os.sep.join(parts[: len(parts) - 1 - parts[::-1].index("configs")])
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location("_converted_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} has no get_config()")
+    return module.get_config()
+
+
+def read_official(checkpoint: str, config) -> dict:
+    """``{'params', 'params_ema', 'step'}`` from any official checkpoint format (see above)."""
+    if not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    if checkpoint.endswith((".pth", ".pt", ".npz")):
+        return checkpoints_import.load_official_pytorch(checkpoint, config)
+    state = checkpoints_import.load_official_flax(checkpoint, config)
+    return {k: state[k] for k in ("params", "params_ema", "step")}
+
+
+def convert(config, checkpoint: str, out: str) -> dict:
+    """Read ``checkpoint`` for ``config``'s network and write it to the orbax directory ``out``."""
+    import orbax.checkpoint as ocp
+
+    tree = read_official(checkpoint, config)
+    tree["step"] = np.asarray(tree["step"], np.int64)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.abspath(out), tree, force=True)
+    checkpointer.wait_until_finished()
+    return tree
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/ve/....py")
+    parser.add_argument("--checkpoint", required=True, help=".pth, .npz or official Flax file")
+    parser.add_argument("--out", required=True, help="output orbax checkpoint directory")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    tree = convert(config, args.checkpoint, args.out)
+    import jax
+
+    count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(tree["params"]))
+    print(f"wrote {args.out}: {config.model.name}, {count:,} parameters, step {int(tree['step'])}")
+
+
+if __name__ == "__main__":
+    main()

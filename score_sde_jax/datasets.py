@@ -1,0 +1,291 @@
+"""Input pipeline: NumPy batches from tensorflow-datasets, .npz files, image folders, the embedded
+scikit-learn digits, or 2-D toy distributions -- no TensorFlow needed.
+
+``get_dataset`` returns an iterator of ``{'image': float32, 'label': int32 (B,)}`` batches. Images
+are (B, S, S, C) in [0, 1] (uniformly dequantized to [0, 1) when asked) -- *not* yet scaled: the
+training / evaluation step applies ``get_data_scaler(config)`` (to [-1, 1] when
+``config.data.centered``), as in the official code. Toy data are (B, D) points under 'image'.
+
+``config.data.source`` picks where examples come from (default 'tfds'):
+  'tfds'    ``tfds.data_source(config.data.tfds_name, data_dir=config.data.data_dir)`` (random
+            access to a dataset prepared in the array_record format);
+  'npz'     ``config.data.path``: 'image' uint8 (N, H, W[, C]) and optional 'label';
+  'folder'  ``config.data.path``: PNG/JPEG images, optionally one sub-folder per class;
+  'digits'  scikit-learn's 8x8 digits resized to ``data.image_size`` (1500 train / 297 test);
+  'toy'     ``data.toy`` (or ``data.dataset``): 'gmm', 'checkerboard', 'two_moons', 'swiss_roll'.
+Images are resized / cropped per ``config.data.dataset`` as the official pipeline does (see
+:mod:`score_sde_jax.data.images`).
+
+Batching: the global batch (``config.training.batch_size``, or ``config.eval.batch_size`` when
+``evaluation``) is split evenly over processes; ``shard=(process_index, process_count)`` picks
+this process's part. Training-style iterators (``evaluation=False``) repeat forever: every epoch
+is a fresh permutation (the same on every process, seeded by ``config.seed``) of which process i
+takes positions i, i + P, ...; random horizontal flips are applied when ``data.random_flip``.
+Evaluation iterators make one ordered pass (process i takes examples i, i + P, ...), without
+flips; ``len()`` gives their number of batches. Toy data are fresh samples at every training
+step, and a fixed set of ``data.toy_eval_size`` (10 000) points for evaluation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import jax
+import numpy as np
+
+from score_sde_jax.data import images as img
+from score_sde_jax.data.toy import get_toy_sampler
+
+Batch = dict[str, np.ndarray]
+
+# config.data.dataset -> (tfds name, training split, evaluation split) of the official code.
+TFDS_DATASETS = {
+    "CIFAR10": ("cifar10", "train", "test"),
+    "SVHN": ("svhn_cropped", "train", "test"),
+    "CELEBA": ("celeb_a", "train", "validation"),
+    "LSUN": ("lsun/{category}", "train", "validation"),
+    "MNIST": ("mnist", "train", "test"),
+    "CELEBAHQ": ("celeb_a_hq/1024", "train", "train"),
+}
+SOURCES = ("tfds", "npz", "folder", "digits", "toy")
+
+
+def get_data_scaler(config) -> Callable:
+    """Data in [0, 1] -> model space: ``2x - 1`` when ``config.data.centered``, else identity."""
+    if config.data.centered:
+        return lambda x: x * 2.0 - 1.0
+    return lambda x: x
+
+
+def get_data_inverse_scaler(config) -> Callable:
+    """Model space -> [0, 1]: ``(x + 1) / 2`` when ``config.data.centered``, else identity."""
+    if config.data.centered:
+        return lambda x: (x + 1.0) / 2.0
+    return lambda x: x
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A tensorflow-datasets dataset is not prepared (in array_record format) in the data_dir."""
+
+
+class BatchIterator:
+    """Iterator over batches; ``len()`` is defined for one-pass (evaluation) iterators.
+
+    With ``prefetch > 0`` a background thread prepares that many batches ahead.
+    """
+
+    def __init__(self, batches: Iterator[Batch], num_batches: int | None, prefetch: int = 0):
+        self.num_batches = num_batches
+        self._batches = batches if prefetch <= 0 else _prefetch(batches, prefetch)
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        return next(self._batches)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("a training iterator repeats forever and has no length")
+        return self.num_batches
+
+
+def _prefetch(batches: Iterator[Batch], size: int) -> Iterator[Batch]:
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+
+    def produce():
+        try:
+            for batch in batches:
+                buffer.put(batch)
+            buffer.put(done)
+        except BaseException as e:  # noqa: B036 -- handed to the consumer, re-raised there
+            buffer.put(e)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        item = buffer.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _local_batch_size(config, evaluation: bool, process_count: int) -> int:
+    key = "eval.batch_size" if evaluation else "training.batch_size"
+    size = config.eval.batch_size if evaluation else config.training.batch_size
+    if size <= 0 or size % process_count:
+        raise ValueError(f"config.{key}={size} must be a positive multiple of the number of "
+                         f"processes ({process_count})")
+    return size // process_count
+
+
+def _default_data_dir() -> str:
+    try:
+        from tensorflow_datasets.core import constants
+
+        return str(constants.get_default_data_dir())
+    except (ImportError, AttributeError):
+        return os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+
+
+def _tfds_source(config, split: str, resize: img.ResizeOp) -> img.MappedSource:
+    import tensorflow_datasets as tfds
+
+    data = config.data
+    dataset = str(data.dataset).upper()
+    default_name, train_split, eval_split = TFDS_DATASETS.get(dataset, ("", "train", "test"))
+    name = data.get("tfds_name", "") or default_name.format(category=data.get("category", ""))
+    if not name:
+        raise ValueError(f"config.data.tfds_name is not set and data.dataset={data.dataset!r} "
+                         "has no default tensorflow-datasets name")
+    tfds_split = train_split if split == "train" else eval_split
+    data_dir = data.get("data_dir", None) or None
+    try:
+        source = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False,
+                                  builder_kwargs={"file_format": "array_record"})
+        length = len(source)
+    except Exception as e:  # not found / not generated / wrong format: say how to prepare it
+        where = data_dir or _default_data_dir()
+        raise DatasetNotPreparedError(
+            f"tensorflow-datasets dataset '{name}' (split '{tfds_split}') is not prepared in "
+            f"config.data.data_dir={where!r} ({type(e).__name__}: {str(e)[:200]}). Prepare it "
+            "once in the array_record format -- this step needs TensorFlow, e.g. in a separate "
+            "environment: pip install tensorflow tensorflow-datasets && tfds build "
+            f"{name} --data_dir={where} --file_format=array_record (datasets with manual "
+            "downloads, such as celeb_a_hq, also need --manual_dir); then set "
+            "config.data.data_dir to that folder. Alternatively use data.source='npz' or "
+            "'folder' with config.data.path.") from e
+
+    def get(i: int) -> tuple[np.ndarray, int]:
+        record = source[i]
+        return np.asarray(record["image"]), int(record.get("label", 0))
+
+    return img.MappedSource(length, get, resize, data.num_channels, f"tfds {name}")
+
+
+def get_source(config, split: str):
+    """The random-access image source of ``config.data.source`` for 'train' or 'test'."""
+    data = config.data
+    size, channels = data.image_size, data.num_channels
+    resize = img.get_resize_op(str(data.dataset), size)
+    source = data.get("source", "tfds")
+    if source == "tfds":
+        return _tfds_source(config, split, resize)
+    if source == "npz":
+        return img.npz_source(data.get("path", ""), resize, size, channels)
+    if source == "folder":
+        return img.folder_source(data.get("path", ""), resize, channels)
+    if source == "digits":
+        return img.digits_source(split, img.get_resize_op("DIGITS", size), size, channels)
+    raise ValueError(f"config.data.source={source!r} is not one of {SOURCES}")
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator, flip: bool,
+             dequantize: bool) -> np.ndarray:
+    """Random horizontal flips (each image with probability 1/2), then (255 x + U[0, 1)) / 256."""
+    if flip:
+        flipped = rng.random(len(images)) < 0.5
+        images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)
+    if dequantize:
+        images = (255.0 * images + rng.random(images.shape, dtype=np.float32)) / 256.0
+    return images.astype(np.float32)
+
+
+def _epoch_stream(n: int, seed: tuple[int, ...], shard: tuple[int, int]) -> Iterator[int]:
+    """Endless example indices: per epoch a shared permutation, of which this shard's part."""
+    epoch = 0
+    while True:
+        yield from np.random.default_rng((*seed, epoch)).permutation(n)[shard[0]::shard[1]]
+        epoch += 1
+
+
+def _take(stream: Iterator[int], k: int) -> np.ndarray:
+    return np.fromiter(stream, np.int64, count=k)
+
+
+def _one_pass_batches(n: int, batch_size: int, shard: tuple[int, int],
+                      drop_remainder: bool) -> list[np.ndarray]:
+    mine = np.arange(n)[shard[0]::shard[1]]
+    if drop_remainder:  # the same number of full batches on every process
+        count = (n // shard[1]) // batch_size
+    else:
+        count = -(-len(mine) // batch_size)
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(count)]
+
+
+def get_dataset(config, split: str = "train", evaluation: bool = False,
+                shard: tuple[int, int] | None = None, uniform_dequantization: bool | None = None,
+                drop_remainder: bool = True, prefetch: int | None = None,
+                seed: int | None = None) -> BatchIterator:
+    """Batches of ``config``'s dataset for this process (see the module docstring).
+
+    Args:
+      split: 'train' or 'test' (the official evaluation split: 'test' for CIFAR-10 / SVHN /
+        MNIST, 'validation' for CelebA / LSUN).
+      evaluation: one ordered pass of ``config.eval.batch_size`` batches, no flips.
+      shard: (process_index, process_count); default ``(jax.process_index(),
+        jax.process_count())``.
+      uniform_dequantization: default ``config.data.uniform_dequantization``.
+      drop_remainder: one-pass iterators drop the last partial batch (the same number of
+        batches on every process); with False the shards together cover the split exactly.
+      prefetch: batches prepared ahead in a thread (default ``config.data.prefetch`` or 2).
+      seed: default ``config.seed``; seeds the shuffling and the flip / dequantization noise, so
+        pass a different one for each repeat of a dequantized (bits/dim) evaluation pass.
+    Returns:
+      An iterator of ``{'image': (B, H, W, C) or (B, D) float32, 'label': (B,) int32}``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
+    if not 0 <= index < count:
+        raise ValueError(f"shard={shard} must be (process_index, process_count) with "
+                         "0 <= process_index < process_count")
+    batch_size = _local_batch_size(config, evaluation, count)
+    data = config.data
+    seed = int(config.get("seed", 0) if seed is None else seed)
+    split_id = 0 if split == "train" else 1
+    rng = np.random.default_rng((seed, split_id, index, int(evaluation)))  # this process's noise
+    prefetch = int(data.get("prefetch", 2)) if prefetch is None else prefetch
+
+    if data.get("source", "tfds") == "toy":
+        sampler = get_toy_sampler(data)
+        dim = sampler(np.random.default_rng(0), 1)[0].shape[1]
+        if dim != data.get("dim", dim):
+            raise ValueError(f"config.data.dim={data.dim} but the toy distribution has "
+                             f"dimension {dim}")
+        if not evaluation:
+            def fresh() -> Iterator[Batch]:
+                while True:
+                    x, y = sampler(rng, batch_size)
+                    yield {"image": x, "label": y}
+            return BatchIterator(fresh(), None, prefetch)
+        x, y = sampler(np.random.default_rng((seed, split_id, 1000)),
+                       int(data.get("toy_eval_size", 10_000)))
+        source = img.ArraySource(x, y)
+        flip = dequantize = False
+    else:
+        source = get_source(config, split)
+        flip = bool(data.get("random_flip", False)) and not evaluation
+        dequantize = (bool(data.get("uniform_dequantization", False))
+                      if uniform_dequantization is None else uniform_dequantization)
+
+    def make(indices: np.ndarray) -> Batch:
+        images, labels = source.get_batch(indices)
+        if images.ndim == 4:
+            images = _augment(images, rng, flip, dequantize)
+        return {"image": images, "label": labels}
+
+    if evaluation:
+        plan = _one_pass_batches(len(source), batch_size, (index, count), drop_remainder)
+        return BatchIterator((make(ix) for ix in plan), len(plan), prefetch)
+    if len(source) < count:
+        raise ValueError(f"{len(source)} examples cannot be shared by {count} processes")
+    stream = _epoch_stream(len(source), (seed, split_id), (index, count))
+    batches = (make(_take(stream, batch_size)) for _ in itertools.count())
+    return BatchIterator(batches, None, prefetch)

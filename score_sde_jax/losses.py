@@ -1,0 +1,86 @@
+"""Denoising score matching objectives (SPEC §3).
+
+All losses are pure: ``loss(rng, fn, batch) -> scalar`` with ``batch`` of shape (B, *data_shape).
+The continuous loss takes a ``score_fn(x, t)``; the discrete SMLD / DDPM losses take the raw
+network ``model_fn(x, labels)`` with integer step labels, as those models are trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from score_sde_jax import sde_lib
+
+Array = jax.Array
+LossFn = Callable[[Array, Callable[[Array, Array], Array], Array], Array]
+
+
+def _reduce(losses: Array, reduce_mean: bool) -> Array:
+    """Mean (or sum) over every non-batch axis: (B, ...) -> (B,)."""
+    axes = tuple(range(1, losses.ndim))
+    return jnp.mean(losses, axis=axes) if reduce_mean else jnp.sum(losses, axis=axes)
+
+
+def get_sde_loss_fn(
+    sde: sde_lib.SDE, reduce_mean: bool = True, likelihood_weighting: bool = False, eps: float = 1e-5
+) -> LossFn:
+    """Continuous-time DSM: t ~ U(ε, T), x_t = mean + std z.
+
+    λ(t) = std²:  ℓ = ‖s(x_t, t) std + z‖²;  λ(t) = g(t)² (``likelihood_weighting``):
+    ℓ = ‖s(x_t, t) + z / std‖² g(t)². The batch mean of ℓ is returned; its minimizer is
+    s = ∇ₓ log p_t.
+    """
+
+    def loss_fn(rng: Array, score_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
+        rng_t, rng_z = jax.random.split(rng)
+        t = jax.random.uniform(rng_t, (batch.shape[0],), minval=eps, maxval=sde.T)
+        z = jax.random.normal(rng_z, batch.shape)
+        mean, std = sde.marginal_prob(batch, t)
+        score = score_fn(mean + sde_lib.batch_mul(std, z), t)
+        if likelihood_weighting:
+            g2 = sde.sde(jnp.zeros_like(batch), t)[1] ** 2
+            losses = _reduce((score + sde_lib.batch_mul(1.0 / std, z)) ** 2, reduce_mean) * g2
+        else:
+            losses = _reduce((sde_lib.batch_mul(std, score) + z) ** 2, reduce_mean)
+        return jnp.mean(losses)
+
+    return loss_fn
+
+
+def get_smld_loss_fn(vesde: sde_lib.VESDE, reduce_mean: bool = False) -> LossFn:
+    """Discrete SMLD (NCSN): i ~ U{0..N−1} into the descending σ table, x̃ = x + σ_i z,
+    ℓ = ‖s(x̃, i) − (−z/σ_i)‖² σ_i²; ``model_fn(x̃, i)`` returns the score."""
+    if not isinstance(vesde, sde_lib.VESDE):
+        raise ValueError(f"the SMLD loss needs a VESDE, got {type(vesde).__name__}")
+    sigmas = jnp.flip(vesde.discrete_sigmas)
+
+    def loss_fn(rng: Array, model_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
+        rng_i, rng_z = jax.random.split(rng)
+        labels = jax.random.randint(rng_i, (batch.shape[0],), 0, vesde.N)
+        sigma = sigmas[labels]
+        noise = sde_lib.batch_mul(sigma, jax.random.normal(rng_z, batch.shape))
+        score = model_fn(batch + noise, labels)
+        target = -sde_lib.batch_mul(1.0 / sigma**2, noise)
+        return jnp.mean(_reduce((score - target) ** 2, reduce_mean) * sigma**2)
+
+    return loss_fn
+
+
+def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, reduce_mean: bool = True) -> LossFn:
+    """Discrete DDPM: i ~ U{0..N−1}, x̃ = √ᾱ_i x + √(1−ᾱ_i) z, ℓ = ‖ε̂(x̃, i) − z‖²."""
+    if type(vpsde) is not sde_lib.VPSDE:
+        raise ValueError(f"the DDPM loss needs a VPSDE, got {type(vpsde).__name__}")
+
+    def loss_fn(rng: Array, model_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
+        rng_i, rng_z = jax.random.split(rng)
+        labels = jax.random.randint(rng_i, (batch.shape[0],), 0, vpsde.N)
+        z = jax.random.normal(rng_z, batch.shape)
+        perturbed = sde_lib.batch_mul(vpsde.sqrt_alphas_cumprod[labels], batch) + sde_lib.batch_mul(
+            vpsde.sqrt_1m_alphas_cumprod[labels], z
+        )
+        return jnp.mean(_reduce((model_fn(perturbed, labels) - z) ** 2, reduce_mean))
+
+    return loss_fn

@@ -1,0 +1,100 @@
+"""The DDPM U-Net of Ho et al. (2020), as in the official score_sde code (NHWC, Flax).
+
+Input x (B, H, W, C), labels (B,) time steps (integer or real) fed to a sinusoidal embedding.
+Output has x's shape: ε̂ (or, with ``config.model.scale_by_sigma``, the output divided by
+σ_label, for NCSN-style training with integer labels indexing the descending σ table).
+
+``config.model`` keys: nf, ch_mult, num_res_blocks, attn_resolutions, dropout,
+resamp_with_conv, conditional, normalization ('GroupNorm'), nonlinearity, scale_by_sigma (and
+sigma_min / sigma_max / num_scales for it); ``config.data.centered``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from score_sde_jax.models import layers, utils
+
+Array = jax.Array
+
+
+def get_normalization(config):
+    """The normalisation layer of ``config.model.normalization`` (DDPM supports GroupNorm)."""
+    norm = config.model.normalization
+    if norm != "GroupNorm":
+        raise ValueError(f"config.model.normalization={norm!r}: the DDPM network uses 'GroupNorm'")
+    return nn.GroupNorm  # 32 groups, eps 1e-6
+
+
+@utils.register_model(name="ddpm")
+class DDPM(nn.Module):
+    """DDPM score network (see the module docstring)."""
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
+        config, m = self.config, self.config.model
+        act = layers.get_act(config)
+        normalize = get_normalization(config)
+        nf, ch_mult = m.nf, tuple(m.ch_mult)
+        num_resolutions = len(ch_mult)
+        if x.ndim != 4:
+            raise ValueError(f"DDPM expects NHWC images, got shape {x.shape}")
+
+        attn_block = functools.partial(layers.AttnBlock, normalize=normalize)
+        resnet_block = functools.partial(
+            layers.ResnetBlockDDPM, act=act, normalize=normalize, dropout=m.dropout
+        )
+
+        temb = None
+        if m.conditional:
+            temb = layers.get_timestep_embedding(labels, nf)
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+
+        h = x if config.data.centered else 2 * x - 1.0
+
+        # Downsampling path.
+        hs = [layers.ddpm_conv3x3(h, nf)]
+        for i_level in range(num_resolutions):
+            for _ in range(m.num_res_blocks):
+                h = resnet_block(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
+                if h.shape[1] in m.attn_resolutions:
+                    h = attn_block()(h)
+                hs.append(h)
+            if i_level != num_resolutions - 1:
+                hs.append(layers.Downsample(with_conv=m.resamp_with_conv)(hs[-1]))
+
+        h = hs[-1]
+        h = resnet_block()(h, temb, train)
+        h = attn_block()(h)
+        h = resnet_block()(h, temb, train)
+
+        # Upsampling path.
+        for i_level in reversed(range(num_resolutions)):
+            for _ in range(m.num_res_blocks + 1):
+                skip = hs.pop()
+                h = resnet_block(out_ch=nf * ch_mult[i_level])(
+                    jnp.concatenate([h, skip], axis=-1), temb, train
+                )
+            if h.shape[1] in m.attn_resolutions:
+                h = attn_block()(h)
+            if i_level != 0:
+                h = layers.Upsample(with_conv=m.resamp_with_conv)(h)
+        if hs:
+            raise AssertionError("DDPM: unused skip connections")
+
+        h = act(normalize()(h))
+        h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0)
+
+        if m.scale_by_sigma:
+            sigmas = jnp.asarray(layers.get_sigmas(config), jnp.float32)
+            used = sigmas[labels.astype(jnp.int32)]
+            h = h / used.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+        return h

@@ -1,0 +1,190 @@
+"""Layers shared by the DDPM-family score networks (NHWC, Flax).
+
+Module classes and the convolution helpers carry the names of the official score_sde code, so
+that Flax's automatic naming (``Conv_0``, ``NIN_2``, ``ResnetBlockDDPM_5`` ...) produces the
+parameter tree of the official checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde_jax.models import up_or_down_sampling as ud
+
+Array = jax.Array
+_ACTIVATIONS = {
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+    "swish": nn.swish,
+}
+
+
+def get_act(config) -> Callable[[Array], Array]:
+    """The activation named by ``config.model.nonlinearity`` (elu | relu | lrelu | swish)."""
+    name = str(config.model.nonlinearity).lower()
+    if name not in _ACTIVATIONS:
+        raise ValueError(
+            f"config.model.nonlinearity={name!r} is not one of {sorted(_ACTIVATIONS)}"
+        )
+    return _ACTIVATIONS[name]
+
+
+def get_sigmas(config) -> np.ndarray:
+    """The SMLD noise levels, descending: exp(linspace(log σ_max, log σ_min, num_scales))."""
+    m = config.model
+    return np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
+
+
+def default_init(scale: float = 1.0) -> Callable:
+    """DDPM initialiser: variance scaling, fan_avg, uniform (scale 0 means 1e-10)."""
+    return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+def _ddpm_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array:
+    return nn.Conv(
+        out_planes,
+        kernel_size=(size, size),
+        strides=(stride, stride),
+        padding="SAME",
+        use_bias=bias,
+        kernel_dilation=(dilation, dilation),
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+    )(x)
+
+
+def ddpm_conv1x1(
+    x: Array, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1,
+    init_scale: float = 1.0,
+) -> Array:
+    """1×1 ``nn.Conv`` with DDPM initialisation, created in the calling module's scope."""
+    return _ddpm_conv(x, out_planes, 1, stride, bias, dilation, init_scale)
+
+
+def ddpm_conv3x3(
+    x: Array, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1,
+    init_scale: float = 1.0,
+) -> Array:
+    """3×3 ``nn.Conv`` (padding SAME) with DDPM initialisation, in the calling module's scope.
+
+    With stride 2 on an even size, SAME pads (0, 1): the official PyTorch pad-then-conv.
+    """
+    return _ddpm_conv(x, out_planes, 3, stride, bias, dilation, init_scale)
+
+
+conv1x1 = ddpm_conv1x1
+conv3x3 = ddpm_conv3x3
+
+
+def get_timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: int = 10000):
+    """Sinusoidal embedding (B,) -> (B, embedding_dim) of DDPM / transformers.
+
+    e_j = exp(-j log(max_positions) / (d/2 - 1)), j < d/2; emb = [sin(t e), cos(t e)], zero
+    padded by one column when ``embedding_dim`` is odd.
+    """
+    if timesteps.ndim != 1:
+        raise ValueError(f"timesteps must have shape (B,), got {timesteps.shape}")
+    half = embedding_dim // 2
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_positions) / (half - 1)))
+    args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+    if embedding_dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class NIN(nn.Module):
+    """Per-pixel linear map ("network in network"): x (..., C) @ W (C, num_units) + b."""
+
+    num_units: int
+    init_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        w = self.param("W", default_init(scale=self.init_scale), (x.shape[-1], self.num_units))
+        b = self.param("b", nn.initializers.zeros, (self.num_units,))
+        return jnp.tensordot(x, w.astype(x.dtype), axes=1) + b.astype(x.dtype)
+
+
+def spatial_self_attention(x: Array, norm: nn.Module, out_init_scale: float) -> Array:
+    """Single-head self-attention over the H·W positions; returns the residual branch only.
+
+    q, k, v = NIN(norm(x)); w = softmax_{(H', W')}(q·k / √C); out = NIN(Σ w v). Called from a
+    compact module, so the NINs are ``NIN_0..3`` of that module (q, k, v, out).
+    """
+    b, h, w, c = x.shape
+    hn = norm(x)
+    q, k, v = NIN(c)(hn), NIN(c)(hn), NIN(c)(hn)
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (c**-0.5)
+    weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
+    out = jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
+    return NIN(c, init_scale=out_init_scale)(out)
+
+
+class AttnBlock(nn.Module):
+    """DDPM self-attention block: x + attention(GroupNorm(x))."""
+
+    normalize: Any = nn.GroupNorm
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return x + spatial_self_attention(x, self.normalize(), 0.0)
+
+
+class Upsample(nn.Module):
+    """DDPM up-sampling: nearest neighbour ×2, then an optional 3×3 convolution."""
+
+    with_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = ud.naive_upsample_2d(x, factor=2)
+        return ddpm_conv3x3(h, x.shape[-1]) if self.with_conv else h
+
+
+class Downsample(nn.Module):
+    """DDPM down-sampling: 3×3 convolution with stride 2, or 2×2 average pooling."""
+
+    with_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.with_conv:
+            return ddpm_conv3x3(x, x.shape[-1], stride=2)
+        return ud.naive_downsample_2d(x, factor=2)
+
+
+class ResnetBlockDDPM(nn.Module):
+    """DDPM residual block: x' + conv(drop(act(norm(conv(act(norm(x))) + Dense(act(temb)))))).
+
+    x' is x, or its NIN / 3×3-conv projection when the channel count changes.
+    """
+
+    act: Callable
+    normalize: Any = nn.GroupNorm
+    out_ch: int | None = None
+    conv_shortcut: bool = False
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = ddpm_conv3x3(self.act(self.normalize()(x)), out_ch)
+        if temb is not None:
+            h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+        h = self.act(self.normalize()(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = ddpm_conv3x3(h, out_ch, init_scale=0.0)
+        if c != out_ch:
+            x = ddpm_conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+        return x + h

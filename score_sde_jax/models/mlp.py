@@ -1,0 +1,76 @@
+"""A small time-conditioned residual MLP score network (name 'mlp') for flat data such as
+2-D toy distributions; any input (B, *shape) is flattened to (B, D) and the output has the
+input's shape.
+
+Config keys (``config.model``): ``nf`` hidden width, ``num_layers`` residual blocks,
+``nonlinearity``, ``embedding_type`` ('fourier': Gaussian Fourier features of log σ, for VE
+labels σ or integer SMLD indices; 'positional': sinusoidal embedding of the label as given,
+e.g. 999·t for VP), ``fourier_scale``, ``dropout``, ``scale_by_sigma`` (divide the output by σ,
+as NCSN++ on VE), optional ``conditional`` (default True) and ``init_scale`` (default 0: the
+last layer of every residual branch starts near zero).
+
+Block: h ← h + W₂ · drop(act(W₁ · act(LN(h)) + V · act(temb))), then out = W_o · act(LN(h)).
+The layer norms keep the network well-scaled for VE inputs whose size grows with σ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from score_sde_jax.models import utils
+from score_sde_jax.models.layers import default_init, get_act, get_timestep_embedding
+from score_sde_jax.models.layerspp import GaussianFourierProjection
+from score_sde_jax.models.ncsnv2_layers import label_sigmas
+
+Array = jax.Array
+
+
+@utils.register_model(name='mlp')
+class MLP(nn.Module):
+    """Residual MLP s_θ(x, label) for x of shape (B, D) (or (B, ...), flattened)."""
+
+    config: ml_collections.ConfigDict
+
+    def _time_embedding(self, labels: Array) -> Array:
+        m = self.config.model
+        kind = m.embedding_type.lower()
+        if kind == 'fourier':
+            log_sigma = jnp.log(label_sigmas(labels, self.config))
+            return GaussianFourierProjection(embedding_size=m.nf, scale=m.fourier_scale)(log_sigma)
+        if kind == 'positional':
+            return get_timestep_embedding(labels.astype(jnp.float32), m.nf)
+        raise ValueError(f"config.model.embedding_type={m.embedding_type!r}: expected 'fourier' "
+                         "or 'positional'")
+
+    @nn.compact
+    def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
+        """x: (B, *shape); labels: (B,). Returns the score (or ε̂ for VP) with x's shape."""
+        m = self.config.model
+        if labels.shape != x.shape[:1]:
+            raise ValueError(f'labels must have shape {x.shape[:1]}, got {labels.shape}')
+        act = get_act(self.config)
+        nf = m.nf
+        dense = lambda features, scale=1.0: nn.Dense(features, kernel_init=default_init(scale))
+
+        temb = None
+        if m.get('conditional', True):
+            temb = self._time_embedding(labels)
+            temb = dense(4 * nf)(act(dense(4 * nf)(temb)))
+
+        h = dense(nf)(x.reshape((x.shape[0], -1)))
+        for _ in range(m.num_layers):
+            r = dense(nf)(act(nn.LayerNorm()(h)))
+            if temb is not None:
+                r = r + dense(nf)(act(temb))
+            r = nn.Dropout(m.dropout, deterministic=not train)(act(r))
+            h = h + dense(nf, m.get('init_scale', 0.0))(r)
+        out = dense(math.prod(x.shape[1:]))(act(nn.LayerNorm()(h)))
+
+        if m.scale_by_sigma:
+            out = out / label_sigmas(labels, self.config)[:, None]
+        return out.reshape(x.shape)

@@ -1,0 +1,346 @@
+"""Samplers (SPEC §4): predictor–corrector in one ``lax.scan`` and the probability-flow ODE.
+
+A predictor or corrector is a small pure function
+
+    update(rng, x, t, score_fn, sde, rsde) -> (x, x_mean)        x: (B, *D), t: (B,)
+
+plugged into :func:`pc_loop`, the one scan over the time grid t_i = linspace(T, ε, N).
+Controllable generation extends the same loop through its ``project`` hook.
+
+Samplers are pure and traceable: ``sampler(rng, score_fn) -> (x, nfe)``. Wrap the call in
+``jax.jit`` with the network parameters as arguments (not closed over) for speed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import diffrax
+import jax
+import jax.numpy as jnp
+
+from score_sde_jax import sde_lib
+from score_sde_jax.sde_lib import batch_mul, step_index
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+Update = Callable[..., tuple[Array, Array]]
+ProjectFn = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
+
+
+# --------------------------------------------------------------------------- predictors
+def euler_maruyama(rng, x, t, score_fn, sde, rsde):
+    """Δt = −T/N; x_mean = x + f̄ Δt; x = x_mean + ḡ √(−Δt) z."""
+    dt = -sde.T / sde.N
+    drift, diffusion = rsde.sde(x, t)
+    x_mean = x + drift * dt
+    return x_mean + batch_mul(diffusion * jnp.sqrt(-dt), jax.random.normal(rng, x.shape)), x_mean
+
+
+def reverse_diffusion(rng, x, t, score_fn, sde, rsde):
+    """x_mean = x − f̄_i; x = x_mean + Ḡ_i z (the discretized reverse SDE)."""
+    f, G = rsde.discretize(x, t)
+    x_mean = x - f
+    return x_mean + batch_mul(G, jax.random.normal(rng, x.shape)), x_mean
+
+
+def ancestral_sampling(rng, x, t, score_fn, sde, rsde):
+    """Ancestral sampling of the discrete chain.
+
+    VE: x_mean = x + s (σ_i² − σ_{i−1}²), noise std √(σ_{i−1}² (σ_i² − σ_{i−1}²) / σ_i²).
+    VP: x_mean = (x + β_i s) / √(1 − β_i), noise std √β_i.
+    sub-VP (no discrete chain): the Gaussian posterior q(x_s | x_t, x̂₀) of the forward kernel
+    between t and s = t − T/N, with Tweedie's x̂₀ = (x + std_t² s) / m_t.
+    """
+    z = jax.random.normal(rng, x.shape)
+    score = score_fn(x, t)
+    if isinstance(sde, sde_lib.subVPSDE):
+        s = jnp.maximum(t - sde.T / sde.N, 0.0)
+        m_t, m_s = sde.mean_coeff(t), sde.mean_coeff(s)
+        var_t = sde.marginal_prob(x, t)[1] ** 2
+        var_s = sde.marginal_prob(x, s)[1] ** 2
+        var_ts = var_t - (m_t / m_s) ** 2 * var_s  # Var(x_t | x_s)
+        x0 = batch_mul(1.0 / m_t, x + batch_mul(var_t, score))
+        x_mean = batch_mul((m_t / m_s) * var_s / var_t, x) + batch_mul(m_s * var_ts / var_t, x0)
+        return x_mean + batch_mul(jnp.sqrt(var_s * var_ts / var_t), z), x_mean
+    i = step_index(t, sde.N, sde.T)
+    if isinstance(sde, sde_lib.VESDE):
+        sigma = sde.discrete_sigmas[i]
+        adjacent = jnp.where(i == 0, 0.0, sde.discrete_sigmas[jnp.maximum(i - 1, 0)])
+        x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
+        std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
+        return x_mean + batch_mul(std, z), x_mean
+    beta = sde.discrete_betas[i]
+    x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
+    return x_mean + batch_mul(jnp.sqrt(beta), z), x_mean
+
+
+def no_update(rng, x, t, score_fn, sde, rsde, **unused):
+    """The identity: a PC sampler with predictor or corrector ``none``."""
+    return x, x
+
+
+PREDICTORS: dict[str, Update] = {
+    "euler_maruyama": euler_maruyama,
+    "reverse_diffusion": reverse_diffusion,
+    "ancestral_sampling": ancestral_sampling,
+    "none": no_update,
+}
+
+
+# --------------------------------------------------------------------------- correctors
+def _langevin_alpha(sde: sde_lib.SDE, t: Array) -> Array:
+    """α_i of the DDPM table for VP / sub-VP, 1 for VE: shape (B,)."""
+    if isinstance(sde, sde_lib.VPSDE):
+        return sde.alphas[step_index(t, sde.N, sde.T)]
+    return jnp.ones_like(t)
+
+
+def _langevin_steps(rng, x, t, score_fn, sde, snr, n_steps, step_size_fn):
+    """n_steps of x_mean = x + ε s(x, t); x = x_mean + √(2ε) z, ε from ``step_size_fn``."""
+
+    def body(_, carry):
+        rng, x, _ = carry
+        rng, step_rng = jax.random.split(rng)
+        grad = score_fn(x, t)
+        z = jax.random.normal(step_rng, x.shape)
+        eps = step_size_fn(grad, z)
+        x_mean = x + batch_mul(eps, grad)
+        return rng, x_mean + batch_mul(jnp.sqrt(2.0 * eps), z), x_mean
+
+    _, x, x_mean = jax.lax.fori_loop(0, n_steps, body, (rng, x, x))
+    return x, x_mean
+
+
+def langevin(rng, x, t, score_fn, sde, rsde, snr: float, n_steps: int):
+    """ε = 2 α (snr ‖z‖ / ‖s‖)², norms per sample over D, averaged over the batch."""
+    alpha = _langevin_alpha(sde, t)
+
+    def step_size(grad, z):
+        def norm(a):
+            return jnp.mean(jnp.linalg.norm(a.reshape(a.shape[0], -1), axis=-1))
+
+        return 2.0 * alpha * (snr * norm(z) / norm(grad)) ** 2
+
+    return _langevin_steps(rng, x, t, score_fn, sde, snr, n_steps, step_size)
+
+
+def annealed_langevin_dynamics(rng, x, t, score_fn, sde, rsde, snr: float, n_steps: int):
+    """NCSN's annealed Langevin dynamics: ε = 2 α (snr · std(t))²."""
+    alpha = _langevin_alpha(sde, t)
+    std = sde.marginal_prob(x, t)[1]
+    return _langevin_steps(
+        rng, x, t, score_fn, sde, snr, n_steps, lambda grad, z: 2.0 * alpha * (snr * std) ** 2
+    )
+
+
+CORRECTORS: dict[str, Update] = {
+    "langevin": langevin,
+    "ald": annealed_langevin_dynamics,
+    "none": no_update,
+}
+
+
+def _lookup(table: dict, name: str, kind: str):
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {sorted(table)}")
+    return table[name]
+
+
+def check_score_fn(score_fn: ScoreFn) -> ScoreFn:
+    """Wrap ``score_fn`` so a wrong output shape is an error naming both shapes."""
+
+    @functools.wraps(score_fn)
+    def checked(x, t):
+        out = score_fn(x, t)
+        if out.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {out.shape} for x of shape {x.shape}; "
+                             "it must return the score with x's shape")
+        return out
+
+    return checked
+
+
+def _identity_project(rng, x, x_mean, t):
+    return x, x_mean
+
+
+# --------------------------------------------------------------------------- the one loop
+def pc_loop(
+    rng: Array,
+    x: Array,
+    score_fn: ScoreFn,
+    sde: sde_lib.SDE,
+    predictor: Update,
+    corrector: Update,
+    eps: float,
+    project: ProjectFn = _identity_project,
+) -> tuple[Array, Array]:
+    """Run corrector then predictor at each t_i = linspace(T, ε, N) in one ``lax.scan``.
+
+    ``project(rng, x, x_mean, t) -> (x, x_mean)`` is applied after every corrector and
+    predictor update (identity for unconditional sampling; inpainting replaces known pixels).
+    Returns ``(x, x_mean)`` of the last step, each (B, *D).
+    """
+    score_fn = check_score_fn(score_fn)
+    rsde = sde.reverse(score_fn, probability_flow=False)
+    timesteps = jnp.linspace(sde.T, eps, sde.N)
+
+    def step(carry, t):
+        rng, x, _ = carry
+        rng, rc, rpc, rp, rpp = jax.random.split(rng, 5)
+        vec_t = jnp.full((x.shape[0],), t)
+        x, x_mean = corrector(rc, x, vec_t, score_fn, sde, rsde)
+        x, x_mean = project(rpc, x, x_mean, vec_t)
+        x, x_mean = predictor(rp, x, vec_t, score_fn, sde, rsde)
+        x, x_mean = project(rpp, x, x_mean, vec_t)
+        return (rng, x, x_mean), None
+
+    (_, x, x_mean), _ = jax.lax.scan(step, (rng, x, x), timesteps)
+    return x, x_mean
+
+
+def get_pc_sampler(
+    sde: sde_lib.SDE,
+    shape: tuple[int, ...],
+    predictor: str = "reverse_diffusion",
+    corrector: str = "langevin",
+    snr: float = 0.16,
+    n_steps: int = 1,
+    probability_flow: bool = False,
+    eps: float = 1e-3,
+    denoise: bool = True,
+) -> Callable[[Array, ScoreFn], tuple[Array, int]]:
+    """The predictor–corrector sampler: ``sampler(rng, score_fn) -> (x (shape), nfe)``.
+
+    ``probability_flow`` makes the predictor follow the PF-ODE (no noise). ``denoise``
+    returns the noise-free mean of the last step. NFE = N (p + c · n_steps) with p, c = 1
+    where the predictor / corrector is not ``none``.
+    """
+    pred, corr = predictor_corrector_fns(predictor, corrector, snr, n_steps, probability_flow)
+    nfe = sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
+
+    def sampler(rng: Array, score_fn: ScoreFn) -> tuple[Array, int]:
+        rng, prior_rng = jax.random.split(rng)
+        x = sde.prior_sampling(prior_rng, shape)
+        x, x_mean = pc_loop(rng, x, score_fn, sde, pred, corr, eps)
+        return (x_mean if denoise else x), nfe
+
+    return sampler
+
+
+def predictor_corrector_fns(
+    predictor: str, corrector: str, snr: float, n_steps: int, probability_flow: bool = False
+) -> tuple[Update, Update]:
+    """The update functions named ``predictor`` and ``corrector``, configured for ``pc_loop``."""
+    pred = _lookup(PREDICTORS, predictor, "predictor")
+    corr = functools.partial(_lookup(CORRECTORS, corrector, "corrector"), snr=snr, n_steps=n_steps)
+    if probability_flow:
+        if predictor not in ("euler_maruyama", "reverse_diffusion", "none"):
+            raise ValueError(f"probability_flow needs predictor euler_maruyama or "
+                             f"reverse_diffusion, got {predictor!r}")
+
+        def pf_pred(rng, x, t, score_fn, sde, rsde):
+            return pred(rng, x, t, score_fn, sde, sde.reverse(score_fn, probability_flow=True))
+
+        return pf_pred, corr
+    return pred, corr
+
+
+# --------------------------------------------------------------------------- the ODE sampler
+SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun}
+# Vector-field evaluations per attempted step (FSAL saves one of the 7 stages of Tsit5 and
+# Dopri5) and at start-up (the first FSAL value). tests/test_sampling.py counts them.
+_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
+_EVALS_AT_START = {"tsit5": 1, "dopri5": 1, "heun": 0}
+
+
+def solve_ode(
+    vector_field: Callable, y0, t0: float, t1: float, rtol: float, atol: float, solver: str,
+    max_steps: int = 4096,
+):
+    """Integrate dy/dt = vector_field(t, y) from t0 to t1 adaptively; returns (y(t1), nfe)."""
+    solver_cls = _lookup(SOLVERS, solver, "solver")
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
+        solver_cls(),
+        t0=t0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
+    nfe = _EVALS_AT_START[solver] + _EVALS_PER_STEP[solver] * sol.stats["num_steps"]
+    return jax.tree.map(lambda y: y[-1], sol.ys), nfe
+
+
+def get_ode_sampler(
+    sde: sde_lib.SDE,
+    shape: tuple[int, ...],
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    solver: str = "tsit5",
+    eps: float = 1e-3,
+    denoise: bool = False,
+    max_steps: int = 4096,
+) -> Callable[..., tuple[Array, Array]]:
+    """Probability-flow ODE sampler: dx/dt = f − ½ g² s(x, t) from T to ε with diffrax.
+
+    ``sampler(rng, score_fn, z=None) -> (x, nfe)``; ``z`` (shape) replaces the prior draw.
+    The whole batch is one ODE state (one step size), as in the official sampler. ``denoise``
+    adds one reverse-diffusion step at ε without noise (one more NFE).
+    """
+    _lookup(SOLVERS, solver, "solver")
+
+    def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, Array]:
+        score_fn = check_score_fn(score_fn)
+        x = sde.prior_sampling(rng, shape) if z is None else z
+        rsde = sde.reverse(score_fn, probability_flow=True)
+
+        def vf(t, x):
+            return rsde.sde(x, jnp.full((x.shape[0],), t))[0]
+
+        x, nfe = solve_ode(vf, x, sde.T, eps, rtol, atol, solver, max_steps)
+        if denoise:
+            _, x = reverse_diffusion(rng, x, jnp.full((shape[0],), eps), score_fn, sde,
+                                     sde.reverse(score_fn, probability_flow=False))
+            nfe = nfe + 1
+        return x, nfe
+
+    return sampler
+
+
+# --------------------------------------------------------------------------- from a config
+SAMPLING_METHODS: dict[str, Callable] = {}
+
+
+def register_sampling_method(name: str):
+    """Decorator: ``fn(config, sde, shape, eps) -> sampler`` becomes ``config.sampling.method``."""
+
+    def _register(fn):
+        SAMPLING_METHODS[name] = fn
+        return fn
+
+    return _register
+
+
+@register_sampling_method("pc")
+def _pc_from_config(config, sde, shape, eps):
+    s = config.sampling
+    return get_pc_sampler(sde, shape, s.predictor, s.corrector, s.snr, s.n_steps_each,
+                          s.get("probability_flow", False), eps, s.get("noise_removal", True))
+
+
+@register_sampling_method("ode")
+def _ode_from_config(config, sde, shape, eps):
+    s = config.sampling
+    return get_ode_sampler(sde, shape, s.get("rtol", 1e-5), s.get("atol", 1e-5),
+                           s.get("solver", "tsit5"), eps, s.get("noise_removal", False))
+
+
+def get_sampling_fn(config, sde: sde_lib.SDE, shape: tuple[int, ...], eps: float):
+    """The sampler named by ``config.sampling.method`` (``pc``, ``ode``, ...)."""
+    method = str(config.sampling.method).lower()
+    return _lookup(SAMPLING_METHODS, method, "sampling method")(config, sde, shape, eps)
