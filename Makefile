@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check score_sde_jax configs tests bench main.py
 
 demo: $(STAMP)
-	$(BIN)/python main.py --config configs/demo_toy.py --workdir runs/demo --mode demo
+	$(BIN)/python -m score_sde_jax.demo_exact --out runs/demo/exact_samplers.png
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
