@@ -7,6 +7,9 @@ forward+backward (``jax.jit(f).lower(...).compile().cost_analysis()``), the medi
 ``--repeats`` runs after a warm-up, and each time relative to the DDPM baseline of the same run.
 Forward: ``train=False``; forward+backward: the gradient of mean(output²) w.r.t. the parameters
 with dropout on (``train=True``), as in a training step.
+
+A second table times the FIR resampling of NCSN++ (``upfirdn_2d`` as shifted slices, separable
+and polyphase) against the same operation as a zero-stuffed depthwise convolution (baseline).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from score_sde_jax.checkpoints_import import model_template  # noqa: E402
 from score_sde_jax.convert import load_config  # noqa: E402
 from score_sde_jax.models import get_model  # noqa: E402
+from score_sde_jax.models import up_or_down_sampling as ud  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETWORKS = [  # (row name, config file, labels for the batch)
@@ -87,14 +91,53 @@ def measure(config_file: str, labels_fn, batch: int, repeats: int) -> dict:
     }
 
 
+def depthwise_upfirdn(x, k, up=1, down=1, pad0=0, pad1=0):
+    """Baseline upfirdn_2d: zero-stuff, pad, one depthwise convolution with the flipped kernel."""
+    n, h, w, c = x.shape
+    u = jnp.zeros((n, h * up, w * up, c), x.dtype).at[:, ::up, ::up, :].set(x)
+    u = jnp.pad(u, ((0, 0), (pad0, pad1), (pad0, pad1), (0, 0)))
+    kernel = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, c)), x.dtype)
+    return jax.lax.conv_general_dilated(u, kernel, (down, down), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=c)
+
+
+def fir_table(batch: int, repeats: int) -> None:
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, 16, 16, 256))
+    k = ud.setup_kernel((1, 3, 3, 1))
+    ops = {"upsample_2d": dict(k=k * 4, up=2, pad0=2, pad1=1),
+           "downsample_2d": dict(k=k, down=2, pad0=1, pad1=1)}
+    print(f"\nFIR [1,3,3,1] resampling of ({batch}, 16, 16, 256), median of {repeats * 5} runs")
+    header = f"{'op':<15} {'impl':<22} {'fwd ms':>8} {'× base':>7} {'fwd+bwd ms':>11} {'× base':>7}"
+    print(header)
+    print("-" * len(header))
+    for op, kwargs in ops.items():
+        base = None
+        for impl, fn in (("depthwise conv (base)", depthwise_upfirdn),
+                         ("shifted slices", ud.upfirdn_2d)):
+            def f(x, fn=fn, kwargs=kwargs):
+                return fn(x, **kwargs)
+
+            fwd = timed(jax.jit(f), (x,), repeats * 5) * 1e3
+            bwd = timed(jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x) ** 2))), (x,),
+                        repeats * 5) * 1e3
+            base = base or (fwd, bwd)
+            print(f"{op:<15} {impl:<22} {fwd:>8.2f} {fwd / base[0]:>7.3f} {bwd:>11.2f} "
+                  f"{bwd / base[1]:>7.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fir-only", action="store_true", help="only the FIR table")
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f"batch {args.batch}, 32x32x3, float32, {device.platform} ({device.device_kind}), "
           f"median of {args.repeats} runs")
+    if args.fir_only:
+        fir_table(args.batch, args.repeats)
+        return
     rows = [(name, measure(path, labels, args.batch, args.repeats))
             for name, path, labels in NETWORKS]
     base = rows[0][1]
@@ -106,6 +149,7 @@ def main() -> None:
         print(f"{name:<20} {r['params']:>12,} {r['fwd_flops'] / 1e9:>10.1f} {r['fwd_s']:>8.3f} "
               f"{r['fwd_s'] / base['fwd_s']:>7.2f} {r['bwd_flops'] / 1e9:>14.1f} "
               f"{r['bwd_s']:>10.3f} {r['bwd_s'] / base['bwd_s']:>7.2f}")
+    fir_table(args.batch, args.repeats)
 
 
 if __name__ == "__main__":

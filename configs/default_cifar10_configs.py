@@ -1,16 +1,23 @@
 """Shared defaults of every CIFAR-10 experiment (values of the official score_sde defaults).
 
 The other dataset defaults (CelebA, LSUN, FFHQ, toy) start from this dictionary and override
-what differs, so every config in this directory has the same set of keys.
+what differs, so every config carries the keys the code reads (and ml_collections' command-line
+overrides, which need existing keys, reach all of them).
 
 Keys beyond the official ones, read by this project:
   sampling.method      'pc' | 'ode' (later 'heun', 'dpm_solver'); the experiment files set it.
   sampling.rtol/atol   tolerances of the probability-flow ODE solver (official: RK45, 1e-5).
   sampling.solver      diffrax solver name for the ODE sampler ('dopri5' is scipy's RK45).
   eval.inception_path  local Inception-v3 weight file for FID / IS / KID ('' = not set).
+  eval.ref_stats_path  cached Inception statistics of the data set ('' = under the eval dir).
   eval.bpd_num_repeats dequantization repeats of the bits/dim evaluation (official: 5).
+  eval.hutchinson_type trace estimator of the likelihood: 'rademacher' | 'gaussian' | 'exact'.
+  eval.likelihood_rtol/atol/eps  ODE tolerances and start time of the likelihood (1e-5).
+  training.task        training objective registered in train_lib ('score').
+  data.prefetch        batches prepared ahead by a background thread.
   data.source          'tfds' | 'npz' | 'folder' | 'digits' | 'toy'.
   data.tfds_name       tensorflow-datasets name when data.source == 'tfds'.
+  data.data_dir        tensorflow-datasets data directory ('' = its default, ~/tensorflow_datasets).
   data.path            file (.npz) or directory (images) when data.source is 'npz' / 'folder'.
 """
 
@@ -34,6 +41,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.continuous = True
     training.n_jitted_steps = 5
     training.reduce_mean = False
+    training.task = 'score'
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = 'pc'
@@ -55,13 +63,20 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
     evaluate.bpd_num_repeats = 5
+    evaluate.hutchinson_type = 'rademacher'
+    evaluate.likelihood_rtol = 1e-5
+    evaluate.likelihood_atol = 1e-5
+    evaluate.likelihood_eps = 1e-5
     evaluate.inception_path = ''
+    evaluate.ref_stats_path = ''
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = 'CIFAR10'
     data.source = 'tfds'
     data.tfds_name = 'cifar10'
+    data.data_dir = ''
     data.path = ''
+    data.prefetch = 2
     data.image_size = 32
     data.random_flip = True
     data.centered = False
@@ -116,7 +131,7 @@ def set_ncsnpp_model(model: ml_collections.ConfigDict) -> None:
     model.progressive_combine = 'sum'
     model.attention_type = 'ddpm'
     model.init_scale = 0.
-    model.fourier_scale = 16
+    model.fourier_scale = 16.
     model.conv_size = 3
 
 

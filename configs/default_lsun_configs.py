@@ -68,5 +68,5 @@ def set_ncsnpp_256_model(model: ml_collections.ConfigDict) -> None:
     model.progressive_combine = 'sum'
     model.attention_type = 'ddpm'
     model.init_scale = 0.
-    model.fourier_scale = 16
+    model.fourier_scale = 16.
     model.conv_size = 3

@@ -36,11 +36,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.enable_sampling = True
 
     data = config.data
-    for key in ('image_size', 'num_channels', 'tfds_name'):
+    for key in ('image_size', 'num_channels', 'tfds_name', 'data_dir', 'path'):
         del data[key]
     data.dataset = 'TOY'
     data.source = 'toy'
     data.dim = 2
+    data.toy_eval_size = 10000  # fixed evaluation set; training draws fresh points each step
     data.centered = False
     data.random_flip = False
 
@@ -50,7 +51,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.num_layers = 3
     model.nonlinearity = 'swish'
     model.embedding_type = 'positional'
-    model.fourier_scale = 16
+    model.fourier_scale = 16.
     model.scale_by_sigma = False
     model.conditional = True
     model.init_scale = 0.

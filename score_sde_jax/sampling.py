@@ -341,6 +341,8 @@ def _ode_from_config(config, sde, shape, eps):
 
 
 def get_sampling_fn(config, sde: sde_lib.SDE, shape: tuple[int, ...], eps: float):
-    """The sampler named by ``config.sampling.method`` (``pc``, ``ode``, ...)."""
+    """The sampler named by ``config.sampling.method`` (``pc``, ``ode``, ``heun``, ``dpm_solver``)."""
+    import score_sde_jax.fast_sampling  # noqa: F401  (registers 'heun' and 'dpm_solver'; imports us)
+
     method = str(config.sampling.method).lower()
     return _lookup(SAMPLING_METHODS, method, "sampling method")(config, sde, shape, eps)

@@ -195,26 +195,31 @@ def test_official_flax_module_names():
 
 
 def upfirdn_reference(x, k, up, down, pad0, pad1):
-    """upfirdn_2d from its definition, with loops (one image, one channel at a time)."""
+    """upfirdn_2d from its definition, with loops."""
     n, h, w, c = x.shape
     u = np.zeros((n, h * up, w * up, c))
     u[:, ::up, ::up, :] = x
-    u = np.pad(u, ((0, 0), (pad0, pad1), (pad0, pad1), (0, 0)))
-    kh = k.shape[0]
-    out = np.zeros((n, u.shape[1] - kh + 1, u.shape[2] - kh + 1, c))
+    lo, hi = max(pad0, 0), max(pad1, 0)
+    u = np.pad(u, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    c0, c1 = max(-pad0, 0), max(-pad1, 0)  # negative padding crops
+    u = u[:, c0:u.shape[1] - c1, c0:u.shape[2] - c1, :]
+    kh, kw = k.shape
+    out = np.zeros((n, u.shape[1] - kh + 1, u.shape[2] - kw + 1, c))
     for i in range(out.shape[1]):
         for j in range(out.shape[2]):
-            window = u[:, i:i + kh, j:j + kh, :]
+            window = u[:, i:i + kh, j:j + kw, :]
             out[:, i, j, :] = np.einsum("nabc,ab->nc", window, k[::-1, ::-1])
     return out[:, ::down, ::down, :]
 
 
+@pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("up,down,pad0,pad1", [(2, 1, 2, 1), (1, 2, 1, 1), (1, 1, 0, 0),
-                                                (2, 2, 3, 0)])
-def test_upfirdn_matches_definition(up, down, pad0, pad1):
+                                                (3, 1, -1, 2), (2, 2, 3, 0), (1, 2, -1, 0)])
+def test_upfirdn_matches_definition(separable, up, down, pad0, pad1):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
-    k = rng.normal(size=(4, 4)).astype(np.float32)  # asymmetric: checks the flip
+    x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+    # Asymmetric kernels check the flip; separable ones take the 1-D (polyphase) path.
+    k = np.outer(rng.normal(size=4), rng.normal(size=4)) if separable else rng.normal(size=(4, 4))
     got = ud.upfirdn_2d(jnp.asarray(x), k, up=up, down=down, pad0=pad0, pad1=pad1)
     np.testing.assert_allclose(got, upfirdn_reference(x, k, up, down, pad0, pad1),
                                rtol=1e-5, atol=1e-5)

@@ -28,9 +28,9 @@ def noise_threshold():
 
 
 SDES = {
-    "ve": (lambda: sde_lib.VESDE(N=500), 1e-5, 0.16),
-    "vp": (lambda: sde_lib.VPSDE(N=500), 1e-3, 0.01),
-    "subvp": (lambda: sde_lib.subVPSDE(N=500), 1e-3, 0.01),
+    "ve": (lambda: sde_lib.VESDE(N=300), 1e-5, 0.16),
+    "vp": (lambda: sde_lib.VPSDE(N=300), 1e-3, 0.01),
+    "subvp": (lambda: sde_lib.subVPSDE(N=300), 1e-3, 0.01),
 }
 
 
@@ -49,7 +49,7 @@ def _pc_samples(name, predictor, corrector, scale=1.0):
 def test_pc_sampler_matches_truth(name, predictor, corrector):
     x, nfe = _pc_samples(name, predictor, corrector)
     assert x.shape == (N_SAMPLES, 2) and bool(jnp.all(jnp.isfinite(x)))
-    assert nfe == 500 * (1 + (corrector != "none"))
+    assert nfe == 300 * (1 + (corrector != "none"))
     assert _sw(x) < noise_threshold()
 
 
@@ -117,7 +117,7 @@ def test_gaussian_moments_precise():
 
 
 def test_probability_flow_pc_sampler_and_corrector_only():
-    sde = sde_lib.VESDE(N=500)
+    sde = sde_lib.VESDE(N=300)
     score = GMM.score_fn(sde)
     pf = sampling.get_pc_sampler(sde, (N_SAMPLES, 2), "reverse_diffusion", "none",
                                  probability_flow=True, eps=1e-5)
@@ -125,7 +125,7 @@ def test_probability_flow_pc_sampler_and_corrector_only():
     assert _sw(x) < noise_threshold()
     c_only = sampling.get_pc_sampler(sde, (N_SAMPLES, 2), "none", "langevin", eps=1e-5)
     x, nfe = jax.jit(lambda r: c_only(r, score))(jax.random.PRNGKey(0))
-    assert nfe == 500 and bool(jnp.all(jnp.isfinite(x)))
+    assert nfe == 300 and bool(jnp.all(jnp.isfinite(x)))
 
 
 def test_bad_names_list_valid_ones():

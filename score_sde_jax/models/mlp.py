@@ -59,8 +59,8 @@ class MLP(nn.Module):
 
         temb = None
         if m.get('conditional', True):
-            temb = self._time_embedding(labels)
-            temb = dense(4 * nf)(act(dense(4 * nf)(temb)))
+            temb = dense(4 * nf)(self._time_embedding(labels))
+            temb = dense(4 * nf)(act(temb))
 
         h = dense(nf)(x.reshape((x.shape[0], -1)))
         for _ in range(m.num_layers):

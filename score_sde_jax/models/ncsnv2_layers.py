@@ -55,15 +55,15 @@ def _torch_bias_init(fan_in: int) -> Callable:
     return init
 
 
-def ncsn_conv(x: Array, features: int, kernel: int = 3, bias: bool = True, dilation: int = 1,
-              name: str | None = None) -> Array:
+def ncsn_conv(x: Array, features: int, kernel: int = 3, bias: bool = True,
+              dilation: int = 1) -> Array:
     """k×k 'SAME' convolution with PyTorch's default initialisation (as NCSN / NCSNv2):
     weights and bias ~ U(±1/√fan_in). Must be called inside a compact module."""
     fan_in = kernel * kernel * x.shape[-1]
     return nn.Conv(features, (kernel, kernel), padding='SAME', use_bias=bias,
                    kernel_dilation=(dilation, dilation),
                    kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-                   bias_init=_torch_bias_init(fan_in), name=name)(x)
+                   bias_init=_torch_bias_init(fan_in))(x)
 
 
 def resize_align_corners(x: Array, shape: Sequence[int], method: str = 'bilinear') -> Array:
@@ -97,14 +97,15 @@ def _scale_init(key, shape, dtype=jnp.float32):
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-def _instance_stats(x: Array) -> tuple[Array, Array, Array]:
-    """Per-channel spatial means μ (B, C), the InstanceNorm'd x, and μ standardised over
-    channels (the '++' term; unbiased variance over channels, as the original NCSN code)."""
+def _instance_stats(x: Array) -> tuple[Array, Array]:
+    """The instance-normalised x (per sample and channel over H, W) and the channel means μ
+    (B, C) standardised over channels (the '++' term; unbiased variance over channels, as the
+    original NCSN code)."""
     means = jnp.mean(x, axis=(1, 2))
     h = (x - means[:, None, None, :]) / jnp.sqrt(jnp.var(x, axis=(1, 2), keepdims=True) + 1e-5)
     m = jnp.mean(means, axis=-1, keepdims=True)
     v = jnp.var(means, axis=-1, keepdims=True, ddof=1 if x.shape[-1] > 1 else 0)
-    return means, h, (means - m) / jnp.sqrt(v + 1e-5)
+    return h, (means - m) / jnp.sqrt(v + 1e-5)
 
 
 class InstanceNorm2dPlus(nn.Module):
@@ -113,7 +114,7 @@ class InstanceNorm2dPlus(nn.Module):
     @nn.compact
     def __call__(self, x: Array, y: Array | None = None) -> Array:
         c = x.shape[-1]
-        _, h, means_plus = _instance_stats(x)
+        h, means_plus = _instance_stats(x)
         alpha = self.param('alpha', _scale_init, (c,))
         gamma = self.param('gamma', _scale_init, (c,))
         beta = self.param('beta', nn.initializers.zeros, (c,))
@@ -135,7 +136,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
         gamma, alpha, beta = jnp.split(
             nn.Embed(self.num_classes, 3 * c, embedding_init=init)(y), 3, axis=-1)
-        _, h, means_plus = _instance_stats(x)
+        h, means_plus = _instance_stats(x)
         h = h + alpha[:, None, None, :] * means_plus[:, None, None, :]
         return gamma[:, None, None, :] * h + beta[:, None, None, :]
 
@@ -146,7 +147,7 @@ class InstanceNorm2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array, y: Array | None = None) -> Array:
         c = x.shape[-1]
-        _, h, _ = _instance_stats(x)
+        h, _ = _instance_stats(x)
         return h * self.param('scale', nn.initializers.ones, (c,)) + self.param(
             'bias', nn.initializers.zeros, (c,))
 

@@ -38,12 +38,67 @@ def setup_kernel(k: Kernel, factor: int = 2) -> np.ndarray:
     return k / np.sum(k)
 
 
-def _pad_or_crop(x: jax.Array, pad0: int, pad1: int) -> jax.Array:
-    """Zero-pad (crop, for negative values) both spatial axes of an NHWC array."""
-    lo, hi = max(pad0, 0), max(pad1, 0)
-    x = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-    c0, c1 = max(-pad0, 0), max(-pad1, 0)
-    return x[:, c0 : x.shape[1] - c1, c0 : x.shape[2] - c1, :]
+def _separable(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(col, row) with k = outer(col, row) when k has rank one, else None."""
+    u, s, vt = np.linalg.svd(np.asarray(k, np.float64))
+    if s[0] == 0 or s[1:].max(initial=0.0) > 1e-7 * s[0]:
+        return None
+    return u[:, 0] * np.sqrt(s[0]), vt[0] * np.sqrt(s[0])
+
+
+def _slice(x: jax.Array, axis: int, start: int, size: int, step: int = 1) -> jax.Array:
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, start + (size - 1) * step + 1, step)
+    return x[tuple(index)]
+
+
+def _pad_axis(x: jax.Array, axis: int, lo: int, hi: int) -> jax.Array:
+    """Zero-pad (crop, for negative values) one axis."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (max(lo, 0), max(hi, 0))
+    x = jnp.pad(x, widths)
+    return _slice(x, axis, max(-lo, 0), x.shape[axis] - max(-lo, 0) - max(-hi, 0))
+
+
+def _weighted_sum(terms) -> jax.Array:
+    terms = [(float(w), t) for w, t in terms if w != 0]
+    out = terms[0][0] * terms[0][1]
+    for w, t in terms[1:]:
+        out = out + w * t
+    return out
+
+
+def _upfirdn_1d(x: jax.Array, taps: np.ndarray, axis: int, up: int, down: int, pad0: int,
+                pad1: int) -> jax.Array:
+    """upfirdn along one axis as a weighted sum of shifted slices (XLA fuses it into one loop).
+
+    out[i] = Σ_a taps[K-1-a] u[i·down + a], u = the zero-stuffed, padded input. Up-sampling is
+    polyphase: output phase r = i mod up only meets the taps that land on input pixels.
+    """
+    n_taps, length = len(taps), x.shape[axis]
+    n_out = (length * up + pad0 + pad1 - n_taps) // down + 1
+    flipped = np.asarray(taps, np.float64)[::-1]
+    if up == 1:
+        x = _pad_axis(x, axis, pad0, pad1)
+        return _weighted_sum((flipped[a], _slice(x, axis, a, n_out, down)) for a in range(n_taps))
+    if down != 1:  # not used by this package's operations: zero-stuff, then filter
+        x = _upfirdn_1d(x, np.ones(1), axis, up, 1, 0, 0)
+        return _upfirdn_1d(x, taps, axis, 1, down, pad0, pad1)
+    # Phase r, output i = up·q + r, reads tap a at input pixel q + (r + a - pad0) / up.
+    n_q = -(-n_out // up)
+    shifts = {(r, a): (r + a - pad0) // up for r in range(up) for a in range(n_taps)
+              if (r + a - pad0) % up == 0}
+    lo = max(0, -min(shifts.values()))
+    hi = max(0, n_q - 1 + max(shifts.values()) - (length - 1))
+    x = _pad_axis(x, axis, lo, hi)
+    phases = []
+    for r in range(up):
+        terms = [(flipped[a], _slice(x, axis, d + lo, n_q)) for (rr, a), d in shifts.items()
+                 if rr == r]
+        phases.append(_weighted_sum(terms) if terms else jnp.zeros_like(_slice(x, axis, 0, n_q)))
+    y = jnp.stack(phases, axis=axis + 1)
+    y = y.reshape(y.shape[:axis] + (n_q * up,) + y.shape[axis + 2 :])
+    return _slice(y, axis, 0, n_out)
 
 
 def upfirdn_2d(
@@ -55,22 +110,27 @@ def upfirdn_2d(
       x: (N, H, W, C).
       k: (kH, kW) FIR kernel, used as given (not normalised here).
     Returns:
-      (N, ceil((H·up + pad0 + pad1 - kH + 1) / down), likewise for W, C).
+      (N, (H·up + pad0 + pad1 - kH) // down + 1, likewise for W, C).
     """
     if x.ndim != 4:
         raise ValueError(f"upfirdn_2d expects NHWC input, got shape {x.shape}")
+    k = np.asarray(k, dtype=np.float64)
+    factors = _separable(k)
+    if factors is not None:  # two 1-D passes
+        x = _upfirdn_1d(x, factors[0], 1, up, down, pad0, pad1)
+        return _upfirdn_1d(x, factors[1], 2, up, down, pad0, pad1)
     n, h, w, c = x.shape
     if up > 1:  # insert up-1 zeros after every pixel
         x = x.reshape(n, h, 1, w, 1, c)
         x = jnp.pad(x, ((0, 0), (0, 0), (0, up - 1), (0, 0), (0, up - 1), (0, 0)))
         x = x.reshape(n, h * up, w * up, c)
-    x = _pad_or_crop(x, pad0, pad1)
-    k = np.asarray(k, dtype=np.float32)
-    # Convolution = correlation with the flipped kernel; one filter per channel (depthwise).
-    kernel = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, c)), dtype=x.dtype)
-    return jax.lax.conv_general_dilated(
-        x, kernel, (down, down), "VALID", dimension_numbers=_DIMS, feature_group_count=c
-    )
+    x = _pad_axis(_pad_axis(x, 1, pad0, pad1), 2, pad0, pad1)
+    oh = (x.shape[1] - k.shape[0]) // down + 1
+    ow = (x.shape[2] - k.shape[1]) // down + 1
+    flipped = k[::-1, ::-1]
+    return _weighted_sum(
+        (flipped[a, b], _slice(_slice(x, 1, a, oh, down), 2, b, ow, down))
+        for a in range(k.shape[0]) for b in range(k.shape[1]))
 
 
 def upsample_2d(x: jax.Array, k: Kernel = None, factor: int = 2, gain: float = 1.0) -> jax.Array:

@@ -18,7 +18,7 @@ from score_sde_jax import sde_lib
 
 Array = jax.Array
 _MODELS: dict[str, type[nn.Module]] = {}
-_MODEL_MODULES = ("ncsnpp", "ddpm", "ncsnv2", "mlp")
+_MODEL_MODULES = ("ncsnpp", "ddpm", "ncsnv2", "mlp", "wideresnet", "mlp_classifier")
 
 
 def register_model(cls=None, *, name: str | None = None):

@@ -1,0 +1,112 @@
+"""Train, evaluate or sample a score-based model.
+
+    python main.py --config configs/vp_cifar10.py --workdir runs/cifar10 --mode train
+    python main.py --config configs/digits.py --config.training.batch_size=32 --workdir runs/d --mode train
+    python main.py --config configs/digits.py --workdir runs/d --mode eval --eval_folder eval
+    python main.py --config configs/digits.py --workdir runs/d --mode sample --num_samples 64 \\
+        --config.sampling.method=ode
+
+Any config key can be overridden with ``--config.<section>.<key>=value``. Errors in the flags,
+the config or the checkpoints are reported in one line on stderr (exit status 1); set
+``SCORE_SDE_JAX_TRACEBACK=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+MODES = ("train", "eval", "sample")
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (a get_config() module).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
+flags.DEFINE_enum("mode", None, list(MODES), "Running mode: train, eval or sample.")
+flags.DEFINE_string("eval_folder", "eval", "Folder (under workdir) for evaluation results.")
+flags.DEFINE_integer("num_samples", None, "sample mode: number of samples "
+                     "(default config.eval.batch_size).")
+flags.DEFINE_integer("step", None, "eval / sample mode: checkpoint step (default: the latest).")
+flags.DEFINE_string("sample_dir", None, "sample mode: output folder (default workdir/samples).")
+flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+
+def _die(message: str) -> None:
+    print(f"main.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _override_error(e: Exception, argv: list[str]) -> str:
+    """A one-line message for a --config.* override of a key the config does not have."""
+    inner = e.args[0] if e.args and isinstance(e.args[0], BaseException) else e
+    text = str(inner.args[0] if inner.args else inner)
+    key = re.search(r"'([^']+)'", text)
+    key = key.group(1) if key else text.splitlines()[0]
+    culprit = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
+    where = f" in {culprit[0]}" if culprit else ""
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    return f"unknown config key {key!r}{where}" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+
+
+def _config_path(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return ""
+
+
+def _parse(argv: list[str]) -> None:
+    try:
+        FLAGS(argv)
+        FLAGS.config.get("training")  # a config file that failed to load raises here
+    except flags.Error as e:
+        _die(e)
+    except (AttributeError, KeyError) as e:
+        _die(_override_error(e, argv))
+    except Exception as e:  # noqa: BLE001 -- a config file that fails to load
+        path = _config_path(argv)
+        if not os.path.isfile(path):
+            _die(f"--config={path}: no such config file")
+        _die(f"--config={path} cannot be loaded: {type(e).__name__}: {e}")
+
+
+def run(config, workdir: str, mode: str) -> None:
+    from score_sde_jax import logging_utils, run_lib
+
+    logging_utils.setup_logging()
+    if mode == "train":
+        run_lib.train(config, workdir)
+    elif mode == "eval":
+        run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+    else:
+        num = FLAGS.num_samples or int(config.eval.batch_size)
+        out = FLAGS.sample_dir or os.path.join(workdir, "samples")
+        paths = run_lib.sample(config, workdir, num, out, step=FLAGS.step)
+        print(f"wrote {paths}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    _parse(sys.argv if argv is None else argv)
+    if os.environ.get("SCORE_SDE_JAX_TRACEBACK"):
+        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    from score_sde_jax import checkpoints, datasets, run_lib
+
+    expected = (ValueError, KeyError, AttributeError, FileNotFoundError,
+                checkpoints.CheckpointError, datasets.DatasetNotPreparedError,
+                run_lib.NonFiniteLossError)
+    try:
+        run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    except expected as e:
+        _die(f"{type(e).__name__}: {e} (SCORE_SDE_JAX_TRACEBACK=1 shows the traceback)")
+    except KeyboardInterrupt:
+        _die("interrupted")
+
+
+if __name__ == "__main__":
+    main()

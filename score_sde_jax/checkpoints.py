@@ -1,0 +1,239 @@
+"""Checkpoints of a :class:`train_lib.TrainState` with orbax-checkpoint, and the import of the
+official score_sde checkpoints (re-exported from :mod:`score_sde_jax.checkpoints_import`).
+
+Layout (as the official code): ``workdir/checkpoints/<step>`` are the kept snapshots and
+``workdir/checkpoints-meta/<step>`` the preemption checkpoint (only the last is kept). Each
+``<step>`` directory holds the items ``state`` (step, params, opt_state, params_ema, rng as a
+nested dict of arrays) and ``meta`` (JSON: step and the training config).
+
+Atomicity: orbax writes ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` only once
+every item is written, so a process killed mid-save leaves at most a ``*-tmp`` directory, which
+:func:`all_steps` ignores and the next :class:`Checkpointer` deletes. Restoring checks the saved
+tree against the template first and raises :class:`MismatchedCheckpointError` naming the path
+and the first key that differs; an unreadable one raises :class:`CorruptCheckpointError`.
+
+Test hook: ``SCORE_SDE_JAX_CKPT_PAUSE="during:<step>:<seconds>"`` (or ``after:...``; several
+comma-separated) sleeps while the checkpoint of ``<step>`` is half-written (or just after it is
+complete), so that tests can kill the process at that moment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import serialization, traverse_util
+
+from score_sde_jax.checkpoints_import import (  # noqa: F401 -- re-exported
+    CheckpointMismatchError,
+    from_official_flax,
+    from_official_pytorch,
+)
+
+SNAPSHOT_DIR = "checkpoints"
+PREEMPTION_DIR = "checkpoints-meta"
+PAUSE_ENV = "SCORE_SDE_JAX_CKPT_PAUSE"
+_MAX_LISTED = 3
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names its path."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No (complete) checkpoint where one was asked for."""
+
+
+class MismatchedCheckpointError(CheckpointError):
+    """The checkpoint's tree (keys, shapes) differs from the state built from the config."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The checkpoint's files cannot be read."""
+
+
+def _pause(phase: str, step: int) -> None:
+    for rule in filter(None, os.environ.get(PAUSE_ENV, "").split(",")):
+        when, at, seconds = rule.split(":")
+        if when == phase and int(at) == step:
+            time.sleep(float(seconds))
+
+
+class _MetaHandler(ocp.JsonCheckpointHandler):
+    """JSON item ``meta``; honours the ``during`` pause while the checkpoint is in its tmp dir."""
+
+    async def async_save(self, directory, item=None, args=None):
+        futures = await super().async_save(directory, item, args)
+        _pause("during", int(args.item["step"]))
+        return futures
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_save=True)
+@dataclasses.dataclass
+class _MetaSave(ocp.args.JsonSave):
+    pass
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_restore=True)
+@dataclasses.dataclass
+class _MetaRestore(ocp.args.JsonRestore):
+    pass
+
+
+def step_dirs(workdir: str | os.PathLike) -> tuple[Path, Path]:
+    """(snapshot directory, preemption directory) of a workdir."""
+    return Path(workdir) / SNAPSHOT_DIR, Path(workdir) / PREEMPTION_DIR
+
+
+def all_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints in ``directory`` (ascending; [] if it does not exist)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    steps = all_steps(directory)
+    return steps[-1] if steps else None
+
+
+def _config_json(config) -> Any:
+    if config is None:
+        return None
+    return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \
+        else config
+
+
+class Checkpointer:
+    """Saves states as ``directory/<step>``, keeping the last ``max_to_keep`` (None: all)."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = None):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(
+            epath.Path(self.directory), options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": _MetaHandler()})
+
+    def save(self, state, config=None) -> Path:
+        """Write ``state`` (a TrainState) as ``directory/<state.step>``; returns that path.
+
+        Every process must call it (multi-host saves are collective)."""
+        step = int(jax.device_get(state.step))
+        meta = {"step": step, "config": _config_json(config)}
+        tree = jax.tree_util.tree_map(_host_copy, serialization.to_state_dict(state))
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(tree), meta=_MetaSave(meta)), force=True)
+        self._manager.wait_until_finished()
+        _pause("after", step)
+        return self.directory / str(step)
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _host_copy(x):
+    """Replicated device arrays as NumPy (orbax would slice every device's copy otherwise)."""
+    if isinstance(x, jax.Array) and x.is_fully_replicated:
+        return np.asarray(x)
+    return x
+
+
+def read_meta(directory: str | os.PathLike, step: int) -> dict:
+    """The ``meta`` item (step, config) of a checkpoint, {} if it has none."""
+    path = Path(directory) / str(step) / "meta"
+    if not path.exists():
+        return {}
+    try:
+        return dict(ocp.JsonCheckpointHandler().restore(epath.Path(path)))
+    except Exception as e:  # noqa: BLE001 -- reported by name
+        raise CorruptCheckpointError(f"checkpoint {path.parent}: its meta item is unreadable "
+                                     f"({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _flat(tree: Mapping) -> dict[str, Any]:
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree, keep_empty_nodes=False).items()}
+
+
+def _config_differences(saved: Any, config) -> list[str]:
+    """'key=saved (now new)' for the config leaves that differ (model / data keys first)."""
+    if not isinstance(saved, Mapping) or config is None:
+        return []
+    old, new = _flat(saved), _flat(_config_json(config))
+    keys = sorted(set(old) | set(new), key=lambda k: (not k.startswith(("model/", "data/")), k))
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return [f"{k.replace('/', '.')}={old.get(k)!r} (now {new.get(k)!r})" for k in keys
+            if as_list(old.get(k)) != as_list(new.get(k))]
+
+
+def _check_tree(path: Path, saved: Mapping, template: Mapping, config) -> None:
+    """Raise MismatchedCheckpointError at the first key / shape that differs."""
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in _flat(saved).items()}
+    want = {k: tuple(np.shape(v)) for k, v in _flat(template).items()}
+    problems = [f"{k} has shape {got[k]} in the checkpoint but {want[k]} in the state built from "
+                "the config" for k in want if k in got and got[k] != want[k]]
+    problems += [f"{k} (shape {want[k]}) is missing from the checkpoint" for k in want if k not in got]
+    problems += [f"the checkpoint has an unexpected entry {k}" for k in got if k not in want]
+    if not problems:
+        return
+    message = f"checkpoint {path} does not fit the model built from the config: {problems[0]}"
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more mismatched entries)"
+    diffs = _config_differences(read_meta(path.parent, int(path.name)).get("config"), config)
+    if diffs:
+        message += "; it was trained with " + ", ".join(diffs[:_MAX_LISTED])
+    raise MismatchedCheckpointError(message)
+
+
+def restore(directory: str | os.PathLike, template_state, step: int | None = None, config=None):
+    """The checkpoint ``directory/<step>`` (latest when None) as a state like ``template_state``.
+
+    ``template_state`` fixes the tree, shapes, dtypes and shardings (a :class:`TrainState` of
+    arrays, e.g. from ``train_lib.create_train_state``); ``config`` only improves the message of
+    a mismatch. Raises CheckpointNotFoundError, MismatchedCheckpointError (path + first key that
+    differs) or CorruptCheckpointError.
+    """
+    directory = Path(directory)
+    if step is None:
+        step = latest_step(directory)
+        if step is None:
+            raise CheckpointNotFoundError(f"no complete checkpoint in {directory}")
+    path = directory / str(int(step)) / "state"
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"no checkpoint {path.parent} (steps in {directory}: "
+                                      f"{all_steps(directory)})")
+    template = serialization.to_state_dict(template_state)
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        saved = handler.metadata(epath.Path(path))
+        saved = getattr(saved, "tree", saved)
+    except Exception as e:  # noqa: BLE001 -- reported by name
+        raise CorruptCheckpointError(f"checkpoint {path.parent} is unreadable: its metadata cannot "
+                                     f"be read ({type(e).__name__}: {_first_line(e)})") from e
+    _check_tree(path.parent, saved, template, config)
+    try:
+        restored = handler.restore(epath.Path(path), args=ocp.args.StandardRestore(template))
+    except Exception as e:  # noqa: BLE001 -- reported by name
+        raise CorruptCheckpointError(f"checkpoint {path.parent} is unreadable "
+                                     f"({type(e).__name__}: {_first_line(e)})") from e
+    state = serialization.from_state_dict(template_state, restored)
+    if int(jax.device_get(state.step)) != int(step):
+        raise CorruptCheckpointError(f"checkpoint {path.parent} holds step "
+                                     f"{int(jax.device_get(state.step))}, not {step}")
+    return state

@@ -1,0 +1,295 @@
+"""``main.py --mode sample`` for controllable generation: inpaint, colorize, sample a class.
+
+Edge code (reads PNG / npz inputs and checkpoints, writes PNG / npz); the maths is in
+:mod:`score_sde_jax.controllable_generation`. Every function samples with the EMA parameters
+of the latest checkpoint in ``workdir`` (or ``step``), with ``config.sampling``'s predictor,
+corrector, snr, ``n_steps_each``, ``probability_flow`` and ``noise_removal``, in batches of at
+most ``config.eval.batch_size``.
+
+Inputs (images in [0, 1]: uint8 files are divided by 255):
+  image   a PNG / JPEG (one image), or ``.npz`` / ``.npy`` holding (N, H, W[, C]) or (H, W[, C])
+          (npz key 'image', 'images', 'x' or its only array). H, W must be the model's
+          ``data.image_size``; grey images are repeated to the model's channels. For flat data
+          (``data.dim`` = D), an ``.npz`` / ``.npy`` of (N, D) or (D,) points.
+  mask    same formats; 1 (white) = known, 0 (black) = to inpaint, values > 0.5 count as 1;
+          (H, W), (H, W, 1) or (H, W, C), per image or one for all; flat data: (D,) or (N, D).
+A shape that does not fit the model is a ValueError naming the file, its shape and the model's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from score_sde_jax import controllable_generation as cg
+from score_sde_jax import datasets, sde_lib
+from score_sde_jax import eval_io as io
+from score_sde_jax.eval_lib import load_ema_params
+from score_sde_jax.eval_steps import as_variables, is_flat, score_fn_builder
+from score_sde_jax.models import utils as mutils
+
+_NPZ_KEYS = ("image", "images", "x", "data", "mask")
+
+
+# ----------------------------------------------------------------------------- reading inputs
+def _read_array(path: str | Path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".png", ".jpg", ".jpeg"):
+        return np.asarray(Image.open(path))[None]
+    if suffix == ".npy":
+        return np.load(path)
+    if suffix == ".npz":
+        arrays = io.load_npz(path)
+        key = next((k for k in _NPZ_KEYS if k in arrays), None)
+        if key is None and len(arrays) == 1:
+            key = next(iter(arrays))
+        if key is None:
+            raise ValueError(f"{what} file {path} holds {sorted(arrays)}; expected one array or "
+                             f"one named {' / '.join(_NPZ_KEYS)}")
+        return arrays[key]
+    raise ValueError(f"{what} file {path}: unsupported format {suffix!r} (use .png, .jpg, .npz, .npy)")
+
+
+def _to_unit(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+
+
+def _as_nhwc(a: np.ndarray, size: int, path, what: str, model: str) -> np.ndarray:
+    """(H, W), (H, W, C), (N, H, W) or (N, H, W, C) -> (N, H, W, C), checking H = W = size."""
+    if a.ndim == 2:
+        a = a[None, ..., None]
+    elif a.ndim == 3:
+        a = a[None] if a.shape[:2] == (size, size) and a.shape[2] in (1, 3, 4) else a[..., None]
+    if a.ndim != 4 or a.shape[1:3] != (size, size):
+        raise ValueError(f"{what} file {path}: shape {a.shape} does not fit the model, which takes "
+                         f"{model}; resize the input first")
+    return a[..., :3] if a.shape[-1] == 4 else a  # RGBA: drop alpha
+
+
+def _model_text(config) -> str:
+    size, c = config.data.image_size, config.data.num_channels
+    return (f"{size}x{size} images with {c} channel(s) (config.data.image_size={size}, "
+            f"config.data.num_channels={c})")
+
+
+def load_images(path: str | Path, config) -> np.ndarray:
+    """Images (N, H, W, C) in [0, 1] shaped for ``config``'s model, or points (N, D) for flat data."""
+    a = _to_unit(_read_array(path, "image"))
+    shape = mutils.data_shape(config)
+    if is_flat(config):
+        a = a[None] if a.ndim == 1 else a
+        if a.ndim != 2 or a.shape[1:] != shape:
+            raise ValueError(f"image file {path}: points of shape {a.shape} do not fit the model's "
+                             f"data shape {shape} (expected (N, {shape[0]}) or ({shape[0]},))")
+        return a
+    a = _as_nhwc(a, shape[0], path, "image", _model_text(config))
+    channels = shape[-1]
+    if a.shape[-1] == 3 and channels == 1:
+        a = a.mean(axis=-1, keepdims=True)
+    if a.shape[-1] == 1 and channels > 1:
+        a = np.repeat(a, channels, axis=-1)
+    if a.shape[-1] != channels:
+        raise ValueError(f"image file {path} has {a.shape[-1]} channels; the model takes "
+                         f"{_model_text(config)}")
+    return a
+
+
+def load_mask(path: str | Path, data_shape: tuple[int, ...]) -> np.ndarray:
+    """A {0, 1} mask broadcast to ``data_shape`` (N, *D) of the loaded data (see module doc)."""
+    m = _to_unit(_read_array(path, "mask"))
+    n, d = data_shape[0], tuple(data_shape[1:])
+    want = (f"one mask of shape {d[:-1]} or {d}, or one per input" if len(d) == 3
+            else f"one mask of shape {d} or {(n, *d)}")
+    if len(d) == 3:
+        m = _as_nhwc(m, d[0], path, "mask", f"{d[0]}x{d[1]} images; give {want}")
+        if m.shape[-1] == 3 and d[-1] != 3:
+            m = m.mean(axis=-1, keepdims=True)
+    elif m.ndim == 1:
+        m = m[None]
+    if m.ndim != len(data_shape) or m.shape[0] not in (1, n) or m.shape[1:-1] != d[:-1] \
+            or m.shape[-1] not in (1, d[-1]):
+        raise ValueError(f"mask file {path}: shape {m.shape} does not match the data {data_shape}; "
+                         f"give {want}")
+    return np.broadcast_to((m > 0.5).astype(np.float32), data_shape).copy()
+
+
+# ----------------------------------------------------------------------------- running in batches
+def _pc_kwargs(config) -> dict:
+    s = config.sampling
+    return dict(predictor=s.get("predictor", "reverse_diffusion"),
+                corrector=s.get("corrector", "langevin"), snr=s.snr, n_steps=s.n_steps_each,
+                denoise=s.get("noise_removal", True), probability_flow=s.get("probability_flow", False))
+
+
+def _in_batches(config, n: int, make: Callable[[int], Callable], arrays: tuple, rng) -> np.ndarray:
+    """Run ``make(batch)(rng_i, *chunks)`` over chunks of at most eval.batch_size rows."""
+    batch = min(n, int(config.eval.batch_size))
+    fn = make(batch)
+    out = []
+    for i in range(math.ceil(n / batch)):
+        idx = np.minimum(np.arange(i * batch, (i + 1) * batch), n - 1)  # pad the last chunk
+        out.append(np.asarray(fn(jax.random.fold_in(rng, i), *(a[idx] for a in arrays))))
+    return np.concatenate(out)[:n]
+
+
+def _write(config, x: np.ndarray, out_dir: str | Path, name: str, **extra) -> dict[str, Path]:
+    """Save samples (model space) as ``{name}.npz`` and ``{name}.png`` in ``out_dir``."""
+    x = np.asarray(datasets.get_data_inverse_scaler(config)(x), np.float32)
+    stem = Path(out_dir) / name
+    paths = {"png": None}
+    if is_flat(config):
+        paths["npz"] = io.savez_atomic(stem.with_suffix(".npz"), samples=x, **extra)
+        if x.shape[1] == 2:
+            paths["png"] = io.save_scatter(x, stem.with_suffix(".png"), name)
+    else:
+        paths["npz"] = io.savez_atomic(stem.with_suffix(".npz"), samples=io.to_uint8(x),
+                                       samples_float=x, **extra)
+        paths["png"] = io.save_image_grid(np.clip(x, 0.0, 1.0), stem.with_suffix(".png"))
+    logging.info("wrote %s", ", ".join(str(p) for p in paths.values() if p))
+    return paths
+
+
+def _model(config, workdir, step):
+    params, step = load_ema_params(config, workdir, step)
+    sde, eps = sde_lib.get_sde(config)
+    return params, step, sde, eps, score_fn_builder(config, sde)
+
+
+# ----------------------------------------------------------------------------- the three modes
+def inpaint(config, workdir: str | Path, image_path: str | Path, mask_path: str | Path,
+            out_dir: str | Path, step: int | None = None) -> dict[str, Path]:
+    """Inpaint the images of ``image_path`` where ``mask_path`` is 0 (PC inpainter).
+
+    Writes ``inpainted.{png,npz}`` and ``inpaint_input.png`` (the known pixels, unknown black).
+    """
+    images = load_images(image_path, config)
+    mask = load_mask(mask_path, images.shape)
+    params, step, sde, eps, build = _model(config, workdir, step)
+    scaler = datasets.get_data_scaler(config)
+
+    def make(batch):
+        fn = cg.get_pc_inpainter(sde, (batch, *images.shape[1:]), eps=eps, **_pc_kwargs(config))
+        return jax.jit(lambda r, y, m: fn(r, build(params), scaler(y), m))
+
+    rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 3), step)
+    x = _in_batches(config, len(images), make, (images, mask), rng)
+    if not is_flat(config):
+        io.save_image_grid(images * mask, Path(out_dir) / "inpaint_input.png")
+    return _write(config, x, out_dir, "inpainted", mask=mask)
+
+
+def colorize(config, workdir: str | Path, image_path: str | Path, out_dir: str | Path,
+             step: int | None = None) -> dict[str, Path]:
+    """Colorize grey images (an RGB input is reduced to its grey level (R+G+B)/3).
+
+    Needs an RGB model. Writes ``colorized.{png,npz}`` and ``colorize_input.png``.
+    """
+    if is_flat(config) or mutils.data_shape(config)[-1] != 3:
+        raise ValueError(f"colorization needs a model of RGB images; config.data gives data shape "
+                         f"{mutils.data_shape(config)}")
+    images = load_images(image_path, config)
+    gray = np.repeat(images.mean(axis=-1, keepdims=True), 3, axis=-1)
+    params, step, sde, eps, build = _model(config, workdir, step)
+    scaler = datasets.get_data_scaler(config)
+
+    def make(batch):
+        fn = cg.get_pc_colorizer(sde, (batch, *images.shape[1:]), eps=eps, **_pc_kwargs(config))
+        return jax.jit(lambda r, g: fn(r, build(params), scaler(g)))
+
+    rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 4), step)
+    x = _in_batches(config, len(gray), make, (gray,), rng)
+    io.save_image_grid(gray, Path(out_dir) / "colorize_input.png")
+    return _write(config, x, out_dir, "colorized")
+
+
+def classifier_config_from_workdir(classifier_workdir: str | Path) -> ml_collections.ConfigDict:
+    """The training config stored in the latest checkpoint of ``classifier_workdir``."""
+    from score_sde_jax import checkpoints
+
+    for directory in checkpoints.step_dirs(classifier_workdir):
+        last = checkpoints.latest_step(directory)
+        if last is not None:
+            saved = checkpoints.read_meta(directory, last).get("config")
+            if saved:
+                return ml_collections.ConfigDict(saved)
+    raise FileNotFoundError(f"no checkpoint with a stored config in {classifier_workdir}; pass the "
+                            "classifier's config explicitly (--classifier_config)")
+
+
+def _check_classifier(config, clf_config, label: int) -> None:
+    if clf_config.training.get("task", "score") != "classifier":
+        raise ValueError("the classifier's config has config.training.task="
+                         f"{clf_config.training.get('task', 'score')!r}, not 'classifier'")
+    keys = ("sigma_min", "sigma_max") if str(config.training.sde).lower() == "vesde" \
+        else ("beta_min", "beta_max")
+    mine = [str(config.training.sde).lower()] + [float(config.model[k]) for k in keys]
+    theirs = [str(clf_config.training.sde).lower()] + [float(clf_config.model.get(k, -1)) for k in keys]
+    if mine != theirs:
+        raise ValueError(f"the classifier was trained for SDE {theirs} but the score model uses {mine} "
+                         f"(config.training.sde, config.model.{keys[0]}, {keys[1]})")
+    if mutils.data_shape(clf_config) != mutils.data_shape(config) or \
+            bool(clf_config.data.centered) != bool(config.data.centered):
+        raise ValueError(f"the classifier takes data of shape {mutils.data_shape(clf_config)} "
+                         f"(centered={clf_config.data.centered}); the score model's is "
+                         f"{mutils.data_shape(config)} (centered={config.data.centered})")
+    n = int(clf_config.model.num_classes)
+    if not 0 <= int(label) < n:
+        raise ValueError(f"label {label} is not a class of the classifier (0 .. {n - 1})")
+
+
+def sample_class(config, workdir: str | Path, classifier_workdir: str | Path, label: int,
+                 scale: float, out_dir: str | Path, num_samples: int | None = None,
+                 classifier_config=None, step: int | None = None,
+                 classifier_step: int | None = None) -> dict[str, Path]:
+    """``num_samples`` (default ``config.eval.batch_size``) samples of class ``label`` with
+    classifier guidance s + scale ∇ log p_t(label | x) (PC, or the PF-ODE when
+    ``config.sampling.method == 'ode'``). The classifier's config is read from its checkpoint
+    unless given. Writes ``class_{label}_samples.{png,npz}``."""
+    from score_sde_jax.classifier_lib import classifier_logp_fn
+
+    clf_config = classifier_config or classifier_config_from_workdir(classifier_workdir)
+    _check_classifier(config, clf_config, label)
+    params, step, sde, eps, build = _model(config, workdir, step)
+    clf_params, _ = load_ema_params(clf_config, classifier_workdir, classifier_step)
+    clf_sde, _ = sde_lib.get_sde(clf_config)
+    classifier = mutils.get_model(clf_config)
+    n = int(num_samples or config.eval.batch_size)
+    shape = mutils.data_shape(config)
+    s = config.sampling
+
+    def make(batch):
+        if str(s.method).lower() == "ode":
+            fn = cg.get_ode_conditional_sampler(sde, (batch, *shape), s.get("rtol", 1e-5),
+                                                s.get("atol", 1e-5), s.get("solver", "tsit5"), eps)
+        else:
+            kw = _pc_kwargs(config)
+            fn = cg.get_pc_conditional_sampler(sde, (batch, *shape), kw["predictor"], kw["corrector"],
+                                               kw["snr"], kw["n_steps"], kw["probability_flow"], eps,
+                                               kw["denoise"])
+
+        def run(r, p, cp, labels):
+            logp = classifier_logp_fn(classifier, as_variables(cp), clf_sde)
+            return fn(r, build(p), logp, labels, scale)[0]
+
+        jitted = jax.jit(run)
+        return lambda r, labels: jitted(r, params, clf_params, labels)
+
+    rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 5), step)
+    labels = np.full((n,), int(label), np.int32)
+    x = _in_batches(config, n, make, (labels,), rng)
+    return _write(config, x, out_dir, f"class_{int(label)}_samples",
+                  labels=labels, scale=np.float32(scale))
+
+
+__all__ = ["inpaint", "colorize", "sample_class", "load_images", "load_mask",
+           "classifier_config_from_workdir"]

@@ -1,0 +1,282 @@
+"""The training loop (``main.py --mode train``) and the entry points of the evaluation and
+sampling modes (implemented in :mod:`score_sde_jax.eval_lib`).
+
+``train(config, workdir)`` resumes from the latest complete checkpoint in ``workdir`` and runs
+``train_lib``'s data-parallel step until ``state.step == config.training.n_iters``. After the
+update that makes the step count ``s``:
+
+* ``s % log_freq == 0``: log training loss, grad norm, lr and steps/s (logging, TensorBoard,
+  ``metrics.jsonl``);
+* ``s % eval_freq == 0``: the loss of the EMA weights on a batch of the test split;
+* ``s % snapshot_freq_for_preemption == 0``: the preemption checkpoint
+  ``workdir/checkpoints-meta/<s>`` (only the last is kept);
+* ``s % snapshot_freq == 0`` or ``s == n_iters``: a kept snapshot ``workdir/checkpoints/<s>``
+  and, with ``training.snapshot_sampling``, a sample grid ``workdir/samples/iter_<s>/``.
+
+Determinism: update ``s`` uses the key ``fold_in(state.rng, s)``, and its batch comes from a
+data stream that is restarted at every multiple ``L`` of ``gcd(snapshot_freq,
+snapshot_freq_for_preemption)`` with a seed made of ``config.seed`` and ``s // L``. A run that is
+killed and resumed from a checkpoint therefore ends with the same parameters as one that was
+never interrupted (each restart of the data stream begins a fresh epoch permutation).
+
+A non-finite loss or gradient norm stops training with :class:`NonFiniteLossError` before the
+bad state is saved; the checkpoints already written stay as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from score_sde_jax import checkpoints, datasets, logging_utils, sampling, sde_lib, train_lib
+from score_sde_jax.models import utils as mutils
+
+_FREQ_KEYS = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the gradient) became NaN or infinite during training."""
+
+
+def _validate(config) -> int:
+    """Check the training schedule keys and the SDE; returns n_jitted_steps."""
+    sde_lib.get_sde(config)
+    t = config.training
+    for key in ("n_iters", "batch_size", *_FREQ_KEYS):
+        if int(t[key]) <= 0:
+            raise ValueError(f"config.training.{key}={t[key]} must be positive")
+    k = int(t.get("n_jitted_steps", 1))
+    if k <= 0:
+        raise ValueError(f"config.training.n_jitted_steps={k} must be positive")
+    for key in _FREQ_KEYS:
+        if int(t[key]) % k:
+            raise ValueError(f"config.training.{key}={t[key]} must be a multiple of "
+                             f"config.training.n_jitted_steps={k}")
+    return k
+
+
+def segment_length(config) -> int:
+    """Steps between restarts of the training data stream."""
+    return math.gcd(int(config.training.snapshot_freq),
+                    int(config.training.snapshot_freq_for_preemption))
+
+
+def segment_seed(config, segment: int, salt: int = 0x5DE) -> int:
+    """The data seed of a segment: a hash of (config.seed, salt, segment)."""
+    return int(np.random.SeedSequence([int(config.seed), salt, segment]).generate_state(1)[0])
+
+
+def local_batches(config, start: int) -> Iterator[dict]:
+    """This process's training batches for the updates start, start + 1, ... (see the module
+    docstring: a deterministic function of the step)."""
+    length, step = segment_length(config), start
+    while True:
+        segment = step // length
+        it = datasets.get_dataset(config, "train", evaluation=False, prefetch=0,
+                                  seed=segment_seed(config, segment))
+        for _ in range(step - segment * length):
+            next(it)
+        for _ in range((segment + 1) * length - step):
+            yield next(it)
+        step = (segment + 1) * length
+
+
+def chunk_sizes(start: int, stop: int, k: int) -> Iterator[int]:
+    """Updates per call: k while k more fit before ``stop``, then single updates."""
+    step = start
+    while step < stop:
+        n = k if step + k <= stop else 1
+        yield n
+        step += n
+
+
+class _Feed:
+    """A background thread turning local batches into global device batches, one per call of
+    the train step (stacked (n, B, ...) when a call runs n > 1 updates)."""
+
+    def __init__(self, batches: Iterator[dict], sizes: Iterator[int], mesh, k: int, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(batches, sizes, mesh, k),
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, batches, sizes, mesh, k) -> None:
+        try:
+            for n in sizes:
+                parts = [next(batches) for _ in range(n)]
+                local = parts[0] if k == 1 else {key: np.stack([p[key] for p in parts])
+                                                 for key in parts[0]}
+                if not self._put(train_lib.make_global_batch(local, mesh, stacked=k > 1)):
+                    return
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the training loop
+            self._put(e)
+
+    def get(self) -> dict:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _restore_latest(template, workdir: str, config):
+    """(state, path) of the newest readable checkpoint in workdir, or (template, None)."""
+    found = sorted({(s, d) for d in checkpoints.step_dirs(workdir)
+                    for s in checkpoints.all_steps(d)}, key=lambda x: x[0], reverse=True)
+    for step, directory in found:
+        try:
+            return checkpoints.restore(directory, template, step, config=config), directory / str(step)
+        except checkpoints.CorruptCheckpointError as e:
+            logging.warning("%s; trying an older checkpoint", e)
+    if found:
+        raise checkpoints.CorruptCheckpointError(
+            f"none of the checkpoints in {workdir} is readable (steps {[s for s, _ in found]}); "
+            "move them away to start afresh")
+    return template, None
+
+
+def _check_finite(first_step: int, metrics: dict, last_good: str) -> None:
+    loss = np.atleast_1d(np.asarray(jax.device_get(metrics["loss"])))
+    norm = np.atleast_1d(np.asarray(jax.device_get(metrics["grad_norm"])))
+    bad = ~(np.isfinite(loss) & np.isfinite(norm))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise NonFiniteLossError(
+            f"training stopped: update {first_step + i + 1} gave loss {loss[i]} and gradient norm "
+            f"{norm[i]}; the state was not saved and {last_good}. Lower config.optim.lr or "
+            "check the data.")
+
+
+def _make_sampler(config, mesh):
+    """Jitted ``(params, rng) -> samples`` of ``config.training.batch_size`` with
+    ``config.sampling``, sharded over the mesh."""
+    sde, eps = sde_lib.get_sde(config)
+    model = mutils.get_model(config)
+    shape = (int(config.training.batch_size), *mutils.data_shape(config))
+    sampling_fn = sampling.get_sampling_fn(config, sde, shape, eps)
+
+    def draw(params, rng):
+        score_fn = mutils.get_score_fn(sde, model, {"params": params}, train=False,
+                                       continuous=bool(config.training.continuous))
+        return sampling_fn(rng, score_fn)[0]
+
+    return jax.jit(draw, in_shardings=(train_lib.replicated(mesh),) * 2,
+                   out_shardings=train_lib.data_sharding(mesh))
+
+
+def _write_samples(config, sampler, state, workdir: str, step: int) -> None:
+    x = sampler(state.params_ema, jax.random.fold_in(jax.random.fold_in(state.rng, 2), step))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    if jax.process_index() == 0:
+        x = datasets.get_data_inverse_scaler(config)(np.asarray(x, np.float32))
+        path = logging_utils.save_samples(x, Path(workdir) / "samples" / f"iter_{step}",
+                                          f"step {step}")
+        logging.info("step %d: samples written to %s", step, path)
+
+
+def train(config, workdir: str) -> train_lib.TrainState:
+    """Train (or resume training) ``config`` in ``workdir``; returns the final state."""
+    k = _validate(config)
+    t = config.training
+    mesh = train_lib.make_mesh()
+    train_lib.check_batch_size(int(t.batch_size), mesh)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    template = train_lib.replicate(
+        train_lib.create_train_state(config, jax.random.PRNGKey(int(config.seed))), mesh)
+    state, resumed = _restore_latest(template, workdir, config)
+    start, n_iters = int(jax.device_get(state.step)), int(t.n_iters)
+    logging.info("%s at step %d of %d on %d device(s), %d process(es)",
+                 f"resuming from {resumed}" if resumed else "starting", start, n_iters,
+                 mesh.devices.size, jax.process_count())
+    if start >= n_iters:
+        return state
+    last_good = f"the last checkpoint is {resumed}" if resumed else "no checkpoint was written"
+
+    snap_dir, meta_dir = checkpoints.step_dirs(workdir)
+    snapshots, preemption = checkpoints.Checkpointer(snap_dir), checkpoints.Checkpointer(meta_dir, 1)
+    steps = {n: train_lib.compile_train_step(config, mesh, n) for n in {1, k}}
+    eval_step = train_lib.compile_eval_step(config, mesh)
+    eval_data = datasets.get_dataset(config, "test", evaluation=False, prefetch=0,
+                                     seed=segment_seed(config, start, salt=0xE7A))
+    sample = t.get("snapshot_sampling", False) and t.get("task", "score") == "score"
+    sampler = _make_sampler(config, mesh) if sample else None
+    feed = _Feed(local_batches(config, start), chunk_sizes(start, n_iters, k), mesh, k)
+    writer = logging_utils.MetricWriter(workdir)
+    progress = logging_utils.Progress(start, n_iters)
+    step, pending = start, None
+    try:
+        for n in chunk_sizes(start, n_iters, k):
+            state, metrics = steps[n](state, feed.get())
+            if pending is not None:  # the previous call's metrics, fetched one call late
+                _check_finite(*pending, last_good)
+            pending, step = (step, metrics), step + n
+            progress.update(step)
+            crossed = lambda freq, s=step, m=n: (s // freq) > ((s - m) // freq)  # noqa: E731
+            if not any(crossed(int(t[key])) for key in _FREQ_KEYS) and step != n_iters:
+                continue
+            _check_finite(*pending, last_good)
+            pending = None
+            if crossed(int(t.log_freq)):
+                last = {key: float(np.atleast_1d(jax.device_get(v))[-1]) for key, v in metrics.items()}
+                values = {"training_loss": last.pop("loss"), **last,
+                          "steps_per_sec": progress.rate(step)}
+                logging.info("step %d: %s", step, logging_utils.format_metrics(values))
+                progress.update(step, values["training_loss"])
+                writer.scalars(step, values)
+            if crossed(int(t.eval_freq)):
+                batch = train_lib.make_global_batch(next(eval_data), mesh)
+                values = {f"eval_{key}": float(v) for key, v in eval_step(state, batch).items()}
+                logging.info("step %d: %s", step, logging_utils.format_metrics(values))
+                writer.scalars(step, values)
+            if crossed(int(t.snapshot_freq_for_preemption)):
+                last_good = f"the last checkpoint is {preemption.save(state, config)}"
+            if crossed(int(t.snapshot_freq)) or step == n_iters:
+                last_good = f"the last checkpoint is {snapshots.save(state, config)}"
+                if sampler is not None:
+                    _write_samples(config, sampler, state, workdir, step)
+            writer.flush()
+    finally:
+        feed.close()
+        progress.close()
+        writer.close()
+        snapshots.close()
+        preemption.close()
+    logging.info("finished at step %d; %s", step, last_good)
+    return state
+
+
+def evaluate(config, workdir: str, eval_folder: str = "eval"):
+    """``main.py --mode eval``: see :func:`score_sde_jax.eval_lib.evaluate`."""
+    from score_sde_jax import eval_lib
+
+    return eval_lib.evaluate(config, workdir, eval_folder)
+
+
+def sample(config, workdir: str, num_samples: int, out_dir: str, step: int | None = None):
+    """``main.py --mode sample``: see :func:`score_sde_jax.eval_lib.sample`."""
+    from score_sde_jax import eval_lib
+
+    return eval_lib.sample(config, workdir, num_samples, out_dir, step=step)

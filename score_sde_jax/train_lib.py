@@ -1,0 +1,283 @@
+"""The training step: state, optimizer, EMA, pluggable losses, and data parallelism.
+
+Everything here is pure: ``train_step(state, batch, rng) -> (state, metrics)`` maps arrays to
+arrays. Data parallelism is one code path for 1 device, many local devices and many hosts:
+``jax.jit`` over a 1-D ``('data',)`` mesh of *all* devices, the global batch sharded on axis 0
+(built from each process's local part by :func:`make_global_batch`) and the state replicated.
+XLA inserts the gradient all-reduce; random draws are over the global batch, so the result does
+not depend on how many devices or hosts share the batch (up to float summation order).
+
+Optimizer (official score_sde, SPEC §3): gradients clipped to global norm
+``config.optim.grad_clip``, then Adam(``lr``, ``beta1``, β₂ = 0.999, ``eps``) with decoupled
+``weight_decay`` and the learning rate ``lr · min(step / warmup, 1)`` (``step`` = updates done
+before this one, so the first update has lr 0, as in the official code). EMA after each update:
+``params_ema ← r · params_ema + (1 − r) · params`` with r = ``config.model.ema_rate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from score_sde_jax import datasets, losses, sde_lib
+from score_sde_jax.models import utils as mutils
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+StepLoss = Callable[[dict, Array, Batch], tuple[Array, dict]]
+TaskFactory = Callable[..., StepLoss]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step: () int32 updates done; params / params_ema: the network's 'params' collection;
+    opt_state: optax state; rng: (2,) uint32 base key (step keys are ``fold_in(rng, step)``)."""
+
+    step: Array
+    params: dict
+    opt_state: optax.OptState
+    params_ema: dict
+    rng: Array
+
+
+# ---------------------------------------------------------------------------- tasks (losses)
+@dataclasses.dataclass(frozen=True)
+class Task:
+    make_loss: TaskFactory
+    init: Callable[[Array, object], dict] | None = None
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(name: str, init: Callable[[Array, object], dict] | None = None):
+    """Decorator: ``make_loss(config, sde, model, train) -> loss(params, rng, batch) -> (loss,
+    aux)`` becomes ``config.training.task = name``. ``batch['image']`` reaches the loss already
+    scaled (``datasets.get_data_scaler``); ``aux`` is a dict of scalar metrics. ``init(rng,
+    config) -> variables`` overrides ``models.init_model`` for the task's network."""
+
+    def _register(make_loss: TaskFactory) -> TaskFactory:
+        if name in _TASKS and _TASKS[name].make_loss is not make_loss:
+            raise ValueError(f"a training task named {name!r} is already registered")
+        _TASKS[name] = Task(make_loss, init)
+        return make_loss
+
+    return _register
+
+
+def _task(config) -> Task:
+    name = config.training.get("task", "score")
+    if name not in _TASKS and name == "classifier":
+        try:  # the classifier task registers itself on import
+            import score_sde_jax.classifier_lib  # noqa: F401
+        except ImportError:
+            pass
+    if name not in _TASKS:
+        raise ValueError(f"config.training.task={name!r} is not a registered task; known: "
+                         f"{sorted(_TASKS)}")
+    return _TASKS[name]
+
+
+@register_task("score")
+def _score_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> StepLoss:
+    """Denoising score matching: continuous DSM (SPEC §3), or discrete SMLD (VE) / DDPM (VP)."""
+    t = config.training
+    continuous, reduce_mean = bool(t.continuous), bool(t.reduce_mean)
+    weighting = bool(t.get("likelihood_weighting", False))
+    if continuous:
+        loss_fn = losses.get_sde_loss_fn(sde, reduce_mean, weighting)
+    elif weighting:
+        raise ValueError("config.training.likelihood_weighting=True needs "
+                         "config.training.continuous=True")
+    elif isinstance(sde, sde_lib.VESDE):
+        loss_fn = losses.get_smld_loss_fn(sde, reduce_mean)
+    elif type(sde) is sde_lib.VPSDE:
+        loss_fn = losses.get_ddpm_loss_fn(sde, reduce_mean)
+    else:
+        raise ValueError(f"config.training.continuous=False (discrete SMLD / DDPM training) is "
+                         f"for vesde / vpsde, not config.training.sde={t.sde!r}")
+
+    def loss(params: dict, rng: Array, batch: Batch) -> tuple[Array, dict]:
+        rng_loss, rng_dropout = jax.random.split(rng)
+        variables = {"params": params}
+        dropout = rng_dropout if train else None
+        if continuous:
+            fn = mutils.get_score_fn(sde, model, variables, train, True, dropout)
+        else:
+            fn = mutils.get_model_fn(model, variables, train, dropout)
+        return loss_fn(rng_loss, fn, batch["image"]), {}
+
+    return loss
+
+
+def get_step_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool = True) -> StepLoss:
+    """``loss(params, rng, batch) -> (scalar loss, aux dict)`` of ``config.training.task``."""
+    return _task(config).make_loss(config, sde, model, train)
+
+
+# ---------------------------------------------------------------------------- state and steps
+def get_optimizer(config) -> optax.GradientTransformation:
+    """Global-norm clipping + Adam with linear warmup (see the module docstring)."""
+    o = config.optim
+    if str(o.optimizer).lower() != "adam":
+        raise ValueError(f"config.optim.optimizer={o.optimizer!r}: only 'Adam' is implemented")
+    tx = optax.adamw(learning_rate(config), b1=o.beta1, b2=o.get("beta2", 0.999), eps=o.eps,
+                     weight_decay=o.weight_decay)
+    if o.grad_clip is not None and o.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    return tx
+
+
+def learning_rate(config) -> Callable[[Array], Array]:
+    """lr(step) = lr · min(step / warmup, 1); constant lr when warmup <= 0."""
+    lr, warmup = float(config.optim.lr), float(config.optim.warmup)
+    if warmup <= 0:
+        return lambda step: jnp.full((), lr, jnp.float32)
+    return lambda step: lr * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+
+
+def create_train_state(config, rng: Array) -> TrainState:
+    """Fresh state: network variables from ``rng``, EMA = params, step 0, and ``rng`` itself as
+    the base key of the training noise (one jit-compiled computation)."""
+    if jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    init = _task(config).init or mutils.init_model
+    tx = get_optimizer(config)
+
+    def fresh(rng: Array) -> TrainState:
+        variables = dict(init(jax.random.fold_in(rng, 1), config))
+        extra = sorted(set(variables) - {"params"})
+        if extra:
+            raise ValueError(f"the network of config.model.name={config.model.name!r} has "
+                             f"variable collections {extra} besides 'params'; training "
+                             "supports 'params' only")
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params),
+                          params_ema=jax.tree_util.tree_map(jnp.copy, params), rng=rng)
+
+    return jax.jit(fresh)(jnp.asarray(rng, jnp.uint32))
+
+
+def get_train_step(config) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
+    """``train_step(state, batch, rng) -> (new_state, metrics)``: one pure update.
+
+    batch: ``{'image': (B, *data_shape) in [0, 1], 'label': (B,)}``; the data scaler is applied
+    here. metrics: ``loss``, ``grad_norm`` (before clipping), ``lr`` and the task's aux values.
+    """
+    sde, _ = sde_lib.get_sde(config)
+    loss_fn = get_step_loss(config, sde, mutils.get_model(config), train=True)
+    tx, lr_fn = get_optimizer(config), learning_rate(config)
+    scaler, ema_rate = datasets.get_data_scaler(config), float(config.model.ema_rate)
+
+    def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, dict]:
+        batch = {**batch, "image": scaler(batch["image"])}
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, rng, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        params_ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+                                            state.params_ema, params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": lr_fn(state.step), **aux}
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            params_ema=params_ema)
+        return new, metrics
+
+    return train_step
+
+
+def get_eval_step(config) -> Callable[[TrainState, Batch, Array], dict]:
+    """``eval_step(state, batch, rng) -> metrics``: the loss of the EMA weights, no dropout."""
+    sde, _ = sde_lib.get_sde(config)
+    loss_fn = get_step_loss(config, sde, mutils.get_model(config), train=False)
+    scaler = datasets.get_data_scaler(config)
+
+    def eval_step(state: TrainState, batch: Batch, rng: Array) -> dict:
+        loss, aux = loss_fn(state.params_ema, rng, {**batch, "image": scaler(batch["image"])})
+        return {"loss": loss, **aux}
+
+    return eval_step
+
+
+def step_rng(state: TrainState, salt: int = 0) -> Array:
+    """The key of the update ``state.step``: ``fold_in(fold_in(state.rng, salt), step)``."""
+    return jax.random.fold_in(jax.random.fold_in(state.rng, salt), state.step)
+
+
+# ---------------------------------------------------------------------------- data parallelism
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D ``('data',)`` mesh over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+    """Batch axis sharded over 'data' (axis 1 when ``stacked`` as (steps, B, ...))."""
+    return NamedSharding(mesh, PartitionSpec(None, "data") if stacked else PartitionSpec("data"))
+
+
+def replicate(tree, mesh: Mesh):
+    """Place a host-identical pytree on every device of ``mesh`` (works across processes)."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, key: str = "config.training.batch_size") -> None:
+    n = mesh.devices.size
+    if global_batch % n:
+        raise ValueError(f"{key}={global_batch} must be a multiple of the number of devices ({n})")
+
+
+def make_global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = False) -> dict:
+    """One global array per key from this process's part (its rows of the global batch, in
+    process order): local (B/P, ...) -> global (B, ...) sharded over the mesh; with
+    ``stacked`` the arrays are (steps, B/P, ...) -> (steps, B, ...)."""
+    sharding, axis = data_sharding(mesh, stacked), int(stacked)
+    out = {}
+    for key, value in local.items():
+        value = np.asarray(value)
+        shape = list(value.shape)
+        shape[axis] *= jax.process_count()
+        check_batch_size(shape[axis], mesh, f"the global batch ({key!r})")
+        out[key] = jax.make_array_from_process_local_data(sharding, value, tuple(shape))
+    return out
+
+
+def compile_train_step(config, mesh: Mesh, n_steps: int = 1):
+    """Jitted ``(state, batches) -> (state, metrics)`` over ``mesh`` running ``n_steps``
+    updates (``lax.scan``; batches stacked (n_steps, B, ...) and metrics (n_steps,) when
+    n_steps > 1), update i using the key ``step_rng(state)``. The input state is donated."""
+    train_step = get_train_step(config)
+
+    def one(state, batch):
+        return train_step(state, batch, step_rng(state))
+
+    fn = one if n_steps == 1 else lambda state, batches: jax.lax.scan(one, state, batches)
+    rep = replicated(mesh)
+    return jax.jit(fn, in_shardings=(rep, data_sharding(mesh, n_steps > 1)),
+                   out_shardings=(rep, rep), donate_argnums=0)
+
+
+def compile_eval_step(config, mesh: Mesh):
+    """Jitted ``(state, batch) -> metrics`` over ``mesh`` (key ``step_rng(state, salt=1)``)."""
+    eval_step = get_eval_step(config)
+    rep = replicated(mesh)
+    return jax.jit(lambda state, batch: eval_step(state, batch, step_rng(state, 1)),
+                   in_shardings=(rep, data_sharding(mesh)), out_shardings=rep)

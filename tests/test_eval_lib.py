@@ -1,0 +1,307 @@
+"""Evaluation and sampling of checkpoints (eval_lib), checked against exact answers.
+
+The network under test is ``ExactGaussian``: the exact score of the model N(0, s² I) for the
+(centered) data, with s = exp(param ``log_s``) read from the checkpoint. Its bits/dim on any
+data are known in closed form, and its samples have a known spread, so the whole path
+checkpoint -> EMA params -> data pipeline -> ODE likelihood -> bits/dim is checked end to end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
+    sys.path.insert(0, str(ROOT))
+
+from configs.digits import get_config as digits_config  # noqa: E402
+from score_sde_jax import (  # noqa: E402
+    checkpoints,
+    datasets,
+    eval_io,
+    eval_lib,
+    eval_steps,
+    evaluation,
+    sde_lib,
+    train_lib,
+)
+from score_sde_jax.models import utils as mutils  # noqa: E402
+from training_helpers import tiny_toy_config  # noqa: E402
+
+SIZE, NUM_IMAGES = 16, 12
+S_EMA = {5: 0.5, 10: 0.4}  # the model's s in the EMA params of the checkpoints at steps 5, 10
+S_RAW = 0.3  # s of the non-EMA params: must never be used
+
+
+@mutils.register_model(name="exact_gaussian_test")
+class ExactGaussian(nn.Module):
+    """ε̂(x, 999 t) of the VP SDE for data N(0, s² I): ε̂ = −std_t · score_t(x) with
+    score_t(x) = −x / (m_t² s² + std_t²)."""
+
+    config: object
+
+    @nn.compact
+    def __call__(self, x, labels, train=False):
+        log_s = self.param("log_s", lambda key: jnp.asarray(math.log(S_EMA[5]), jnp.float32))
+        sde, _ = sde_lib.get_sde(self.config)
+        t = labels / 999.0
+        m = sde.mean_coeff(t)
+        std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+        var = m**2 * jnp.exp(2 * log_s) + std**2
+        return sde_lib.batch_mul(std / var, x)
+
+
+def make_config(tmp: Path):
+    config = digits_config()
+    config.model.name = "exact_gaussian_test"
+    config.model.num_scales = 50
+    config.training.snapshot_freq = 5
+    d = config.data
+    d.source, d.path, d.dataset, d.image_size, d.num_channels = "npz", str(tmp / "data.npz"), \
+        "NPZ", SIZE, 1
+    d.prefetch = 0
+    ev = config.eval
+    ev.begin_ckpt, ev.end_ckpt = 1, 2
+    ev.batch_size, ev.num_samples = 4, 8
+    ev.enable_loss = ev.enable_bpd = ev.enable_sampling = True
+    ev.bpd_dataset, ev.bpd_num_repeats = "test", 2
+    ev.inception_path = str(tmp / "inception.npz")
+    return config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Checkpoints at steps 5 and 10 of the exact model, 12 digit images, random Inception."""
+    tmp = tmp_path_factory.mktemp("eval")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images[:NUM_IMAGES] / 16.0
+    images = np.stack([np.asarray(Image.fromarray(np.uint8(255 * im)).resize((SIZE, SIZE)))
+                       for im in digits])
+    np.savez(tmp / "data.npz", image=images.astype(np.uint8), label=np.zeros(NUM_IMAGES, np.int32))
+    np.savez(tmp / "inception.npz", **evaluation.random_state_dict(0))
+    config = make_config(tmp)
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    snapshots = checkpoints.Checkpointer(tmp / "run" / "checkpoints")
+    for step, s in S_EMA.items():
+        log = lambda v: {"log_s": jnp.asarray(math.log(v), jnp.float32)}  # noqa: E731
+        snapshots.save(state.replace(step=jnp.asarray(step, jnp.int32), params=log(S_RAW),
+                                     params_ema=log(s)), config)
+    snapshots.close()
+    return tmp
+
+
+def exact_bpd(x01: np.ndarray, s: float) -> np.ndarray:
+    """bits/dim of data x in [0, 1)ᴰ under x ~ N(½, (s/2)² I) (the model in data space), + 8."""
+    x = x01.reshape(len(x01), -1).astype(np.float64)
+    sd = s / 2
+    logp = -0.5 * np.sum((x - 0.5) ** 2, 1) / sd**2 - 0.5 * x.shape[1] * np.log(2 * np.pi * sd**2)
+    return -logp / (x.shape[1] * np.log(2)) + 8.0
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def evaluated(workdir):
+    config = make_config(workdir)
+    return config, eval_lib.evaluate(config, workdir / "run")
+
+
+def test_bits_per_dim_equal_the_exact_model_density(evaluated, workdir):
+    config, results = evaluated
+    eval_dir = workdir / "run" / "eval"
+    for k, step in ((1, 5), (2, 10)):
+        saved = eval_io.load_npz(eval_dir / f"test_ckpt_{k}_bpd.npz")
+        # repeat r dequantizes with seed config.seed + 1 + r: rebuild the same data here
+        data = np.concatenate([
+            b["image"] for r in range(2)
+            for b in datasets.get_dataset(config, "test", evaluation=True, drop_remainder=False,
+                                          uniform_dequantization=True, seed=config.seed + 1 + r)])
+        assert data.shape == (2 * NUM_IMAGES, SIZE, SIZE, 1)
+        np.testing.assert_allclose(saved["bpd"], exact_bpd(data, S_EMA[step]), atol=2e-3)
+        assert results[k]["bpd"] == pytest.approx(exact_bpd(data, S_EMA[step]).mean(), abs=1e-3)
+    # fresh dequantization noise in each repeat
+    assert not np.allclose(saved["bpd"][:NUM_IMAGES], saved["bpd"][NUM_IMAGES:])
+    records = eval_io.read_jsonl(eval_dir / eval_lib.RESULTS_FILE)
+    assert sorted((r["ckpt"], r["kind"]) for r in records) == [
+        (1, "bpd"), (1, "loss"), (1, "samples"), (2, "bpd"), (2, "loss"), (2, "samples")]
+
+
+def test_sample_rounds_statistics_and_report(evaluated, workdir):
+    config, results = evaluated
+    eval_dir = workdir / "run" / "eval"
+    folder = eval_dir / "ckpt_1_host_0"
+    samples = [eval_io.load_npz(folder / f"samples_{r}.npz")["samples"] for r in range(2)]
+    assert all(s.shape == (4, SIZE, SIZE, 1) and s.dtype == np.uint8 for s in samples)
+    assert not np.array_equal(samples[0], samples[1])  # each round has its own key
+    stats = [evaluation.load_statistics(folder / f"statistics_{r}.npz") for r in range(2)]
+    assert [s["pool"].shape for s in stats] == [(4, 2048)] * 2
+    ref = evaluation.load_statistics(eval_dir / f"npz_{SIZE}_ref_stats.npz")
+    assert ref["pool"].shape == (NUM_IMAGES, 2048) and ref["logits"].shape == (NUM_IMAGES, 1008)
+    both = {k: np.concatenate([s[k] for s in stats]) for k in ("pool", "logits")}
+    expected = evaluation.metrics_from_statistics(both, ref)
+    report = eval_io.load_npz(eval_dir / "report_1.npz")
+    for name in ("fid", "kid", "inception_score"):
+        assert float(report[name]) == pytest.approx(expected[name], rel=1e-6)
+        assert results[1][name] == pytest.approx(expected[name], rel=1e-6)
+    assert expected["fid"] > 0 and expected["inception_score"] >= 1.0
+
+
+def test_eval_loss_is_the_training_objective_of_the_ema_weights(evaluated, workdir):
+    config, results = evaluated
+    sde, _ = sde_lib.get_sde(config)
+    loss_fn = train_lib.get_step_loss(config, sde, mutils.get_model(config), train=False)
+    params = {"log_s": jnp.asarray(math.log(S_EMA[5]), jnp.float32)}
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), 5),
+                             eval_lib.LOSS_STREAM)
+    scaler = datasets.get_data_scaler(config)
+    ds = datasets.get_dataset(config, "test", evaluation=True, drop_remainder=False)
+    losses = [float(loss_fn(params, jax.random.fold_in(rng, i),
+                            {"image": scaler(b["image"]), "label": b["label"]})[0])
+              for i, b in enumerate(ds)]
+    assert results[1]["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    saved = eval_io.load_npz(workdir / "run" / "eval" / "ckpt_1_loss.npz")
+    assert float(saved["mean_loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_restart_skips_finished_work_and_redoes_only_missing_rounds(evaluated, workdir,
+                                                                    monkeypatch):
+    config, results = evaluated
+    run, eval_dir = workdir / "run", workdir / "run" / "eval"
+    before = mtimes(eval_dir)
+    calls = {"sample": 0, "inception": 0}
+    make_sampler, stats_fn = eval_lib.get_sample_fn, evaluation.compute_statistics
+
+    def counting_sampler(*args, **kwargs):
+        fn = make_sampler(*args, **kwargs)
+
+        def counted(params, rng):
+            calls["sample"] += 1
+            return fn(params, rng)
+        return counted
+
+    def counting_stats(*args, **kwargs):
+        calls["inception"] += 1
+        return stats_fn(*args, **kwargs)
+
+    monkeypatch.setattr(eval_lib, "get_sample_fn", counting_sampler)
+    monkeypatch.setattr(evaluation, "compute_statistics", counting_stats)
+    assert eval_lib.evaluate(config, run) == results
+    assert mtimes(eval_dir) == before and calls == {"sample": 0, "inception": 0}
+
+    # an evaluation killed after round 0's samples and round 1's samples, before statistics
+    folder = eval_dir / "ckpt_1_host_0"
+    samples_1 = (folder / "samples_1.npz").stat().st_mtime_ns
+    for name in ("statistics_1.npz", "statistics_0.npz", "samples_0.npz"):
+        (folder / name).unlink()
+    (eval_dir / "report_1.npz").unlink()
+    again = eval_lib.evaluate(config, run)
+    assert calls == {"sample": 1, "inception": 2}  # round 0 resampled; both rounds' statistics
+    assert (folder / "samples_1.npz").stat().st_mtime_ns == samples_1
+    for name in ("fid", "kid", "inception_score"):  # the same keys give the same samples
+        assert again[1][name] == pytest.approx(results[1][name], rel=1e-6)
+
+
+def test_missing_inception_weights_fail_first_and_say_where_to_get_them(workdir, tmp_path):
+    config = make_config(workdir)
+    config.eval.inception_path = str(tmp_path / "nowhere.npz")
+    with pytest.raises(FileNotFoundError, match="inception_path") as e:
+        eval_lib.evaluate(config, workdir / "run", eval_folder="other")
+    assert evaluation.FID_WEIGHTS_URL in str(e.value)
+    assert not list((workdir / "run" / "other").iterdir())
+
+
+def test_checkpoint_range_uses_snapshot_indices(workdir):
+    config = make_config(workdir)
+    config.eval.enable_loss = config.eval.enable_bpd = config.eval.enable_sampling = False
+    config.eval.begin_ckpt, config.eval.end_ckpt = 2, 5  # 3..5 are not there: skipped
+    assert eval_lib.evaluate(config, workdir / "run", "range") == {2: {"step": 10}}
+    config.eval.begin_ckpt = 3
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match="begin_ckpt=3"):
+        eval_lib.evaluate(config, workdir / "run", "range")
+
+
+def test_sample_writes_grid_and_npz_with_the_model_spread(workdir, tmp_path):
+    config = make_config(workdir)
+    paths = eval_lib.sample(config, workdir / "run", 6, tmp_path)  # latest: step 10, s = 0.4
+    assert paths["png"].name == "samples_pc_step_10.png"
+    data = eval_io.load_npz(paths["npz"])
+    assert data["samples"].shape == (6, SIZE, SIZE, 1) and data["samples"].dtype == np.uint8
+    np.testing.assert_array_equal(data["samples"], eval_io.to_uint8(data["samples_float"]))
+    # data space: N(1/2, (s/2)^2) per pixel; 1536 values give the spread to a few percent
+    assert np.std(data["samples_float"]) == pytest.approx(0.2, rel=0.1)
+    assert np.mean(data["samples_float"]) == pytest.approx(0.5, abs=0.03)
+    with Image.open(paths["png"]) as im:  # 3 x 2 grid of 16 px images, 2 px padding
+        assert im.size == (3 * 18 + 2, 2 * 18 + 2) and im.mode == "L"
+
+    config.sampling.method = "ode"
+    paths = eval_lib.sample(config, workdir / "run", 8, tmp_path, step=5)  # s = 0.5
+    assert paths["npz"].name == "samples_ode_step_5.npz"
+    assert np.std(eval_io.load_npz(paths["npz"])["samples_float"]) == pytest.approx(0.25, rel=0.1)
+    with pytest.raises(checkpoints.CheckpointNotFoundError, match="steps there: \\[5, 10\\]"):
+        eval_lib.sample(config, workdir / "run", 2, tmp_path, step=7)
+
+
+def test_toy_data_sample_scatter_and_sample_report(tmp_path):
+    config = tiny_toy_config()
+    config.eval.batch_size, config.eval.num_samples = 100, 200
+    config.eval.enable_loss = config.eval.enable_bpd = False
+    config.eval.begin_ckpt = config.eval.end_ckpt = 1
+    config.data.toy_eval_size = 200
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    ckpt = checkpoints.Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(state.replace(step=jnp.asarray(config.training.snapshot_freq, jnp.int32)), config)
+    ckpt.close()
+    paths = eval_lib.sample(config, tmp_path, 150, tmp_path / "out")
+    points = eval_io.load_npz(paths["npz"])["samples"]
+    assert points.shape == (150, 2) and points.dtype == np.float32
+    with Image.open(paths["png"]) as im:
+        assert im.mode == "RGB" and np.asarray(im).min() < 128  # dots were drawn
+
+    results = eval_lib.evaluate(config, tmp_path)
+    samples = np.concatenate([eval_io.load_npz(tmp_path / "eval" / "ckpt_1_host_0" /
+                                               f"samples_{r}.npz")["samples"] for r in range(2)])
+    from score_sde_jax.data import toy
+
+    mixture = toy.gaussian_mixture_from_config(config.data)
+    assert results[1]["gmm_log_prob"] == pytest.approx(
+        float(jnp.mean(mixture.log_prob(jnp.asarray(samples)))), rel=1e-5)
+    assert results[1]["sliced_wasserstein"] > 0
+
+
+def test_bpd_offset_includes_the_scaler_log_det():
+    config = digits_config()
+    config.data.centered = True
+    assert eval_steps.bpd_offset(config) == 7.0
+    config.data.centered = False
+    assert eval_steps.bpd_offset(config) == 8.0
+    toy = tiny_toy_config()
+    assert eval_steps.bpd_offset(toy) == 0.0
+    toy.data.centered = True
+    assert eval_steps.bpd_offset(toy) == -1.0
+
+
+def test_image_grid_layout_and_atomic_files(tmp_path):
+    images = np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1) * 50 + 10
+    grid = eval_io.image_grid(np.repeat(np.repeat(images, 2, 1), 3, 2), padding=1)
+    assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 1)  # 3 columns, 2 rows of 2x3 images
+    assert grid[1, 1, 0] == 10 and grid[1, 5, 0] == 60 and grid[4, 5, 0] == 210
+    assert grid[0].max() == 0 and grid[4, 9, 0] == 0  # padding and the empty sixth cell
+    eval_io.savez_atomic(tmp_path / "a.npz", x=np.ones(3))
+    assert os.listdir(tmp_path) == ["a.npz"]
+    eval_io.append_jsonl(tmp_path / "r.jsonl", {"a": np.float32(1.5)})
+    eval_io.append_jsonl(tmp_path / "r.jsonl", {"b": 2})
+    assert [{k: v for k, v in r.items() if k != "time"}
+            for r in eval_io.read_jsonl(tmp_path / "r.jsonl")] == [{"a": 1.5}, {"b": 2}]

@@ -1,0 +1,64 @@
+"""Shared by the training tests: a tiny toy config and running main.py in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
+    sys.path.insert(0, str(ROOT))
+
+from configs.toy_gmm import get_config as toy_gmm_config  # noqa: E402
+
+# Overrides that make configs/toy_gmm.py tiny (same keys on the command line and in-process).
+TINY = {
+    "model.nf": 32, "model.num_layers": 1, "training.batch_size": 64, "training.n_iters": 20,
+    "training.log_freq": 5, "training.eval_freq": 1000, "training.snapshot_freq": 10,
+    "training.snapshot_freq_for_preemption": 5, "training.snapshot_sampling": False,
+    "optim.warmup": 5, "data.prefetch": 0,
+}
+
+
+def tiny_toy_config(**overrides):
+    """configs/toy_gmm.py with TINY and ``overrides`` ({'training.n_iters': 5, ...})."""
+    config = toy_gmm_config()
+    for key, value in {**TINY, **overrides}.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def cli_overrides(**overrides) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The test environment (8 CPU devices) plus a compilation cache shared by the runs."""
+    env = dict(os.environ)
+    env.update({"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+                "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), **extra})
+    return env
+
+
+def main_cmd(workdir, mode: str = "train", config: str = "configs/toy_gmm.py", **overrides) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"), f"--config={ROOT / config}",
+            f"--workdir={workdir}", f"--mode={mode}", *cli_overrides(**overrides)]
+
+
+def run_main(workdir, *extra_args: str, env=None, timeout: float = 120, **overrides):
+    """Run main.py to completion; returns the CompletedProcess (text output)."""
+    return subprocess.run([*main_cmd(workdir, **overrides), *extra_args], cwd=ROOT,
+                          env=env or subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def max_abs_diff(a, b) -> float:
+    diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
+                                   a, b)
+    return max(jax.tree_util.tree_leaves(diffs))
