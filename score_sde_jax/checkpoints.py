@@ -185,7 +185,8 @@ def _config_differences(saved: Any, config) -> list[str]:
 def _check_tree(path: Path, saved: Mapping, template: Mapping, config) -> None:
     """Raise MismatchedCheckpointError at the first key / shape that differs."""
     got = {k: tuple(getattr(v, "shape", ())) for k, v in _flat(saved).items()}
-    want = {k: tuple(np.shape(v)) for k, v in _flat(template).items()}
+    want = {k: tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
+            for k, v in _flat(template).items()}
     problems = [f"{k} has shape {got[k]} in the checkpoint but {want[k]} in the state built from "
                 "the config" for k in want if k in got and got[k] != want[k]]
     problems += [f"{k} (shape {want[k]}) is missing from the checkpoint" for k in want if k not in got]
@@ -204,9 +205,10 @@ def _check_tree(path: Path, saved: Mapping, template: Mapping, config) -> None:
 def restore(directory: str | os.PathLike, template_state, step: int | None = None, config=None):
     """The checkpoint ``directory/<step>`` (latest when None) as a state like ``template_state``.
 
-    ``template_state`` fixes the tree, shapes, dtypes and shardings (a :class:`TrainState` of
-    arrays, e.g. from ``train_lib.create_train_state``); ``config`` only improves the message of
-    a mismatch. Raises CheckpointNotFoundError, MismatchedCheckpointError (path + first key that
+    ``template_state`` fixes the tree, shapes, dtypes and shardings: a :class:`TrainState` of
+    arrays (``train_lib.create_train_state``) or of ``jax.ShapeDtypeStruct`` with shardings
+    (``train_lib.abstract_train_state``, which costs no computation); ``config`` only improves
+    the message of a mismatch. Raises CheckpointNotFoundError, MismatchedCheckpointError (path + first key that
     differs) or CorruptCheckpointError.
     """
     directory = Path(directory)

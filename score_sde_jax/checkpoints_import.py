@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import flax.linen as nn
 import jax
@@ -68,7 +68,7 @@ def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
     return traverse_util.flatten_dict(dict(tree)) if tree else {}
 
 
-def _fail(what: str, problems: list[str], hint: str) -> None:
+def _fail(what: str, problems: list[str], hint: str) -> NoReturn:
     listed = "\n  ".join(problems[:_MAX_LISTED])
     more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
     raise CheckpointMismatchError(f"{what} does not fit the network of this config:\n  "

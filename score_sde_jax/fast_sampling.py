@@ -144,10 +144,13 @@ def get_heun_sampler(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
     eps: float = 1e-3,
+    sigma_min: float | None = None,
 ) -> Sampler:
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Alg. 2) on dx̃/dσ̃ = (x̃ − x̂₀)/σ̃.
 
-    σ_0..σ_{N−1} = :func:`karras_sigmas` from σ̃(T) to σ̃(ε), σ_N = 0. Step i: with churn
+    σ_0..σ_{N−1} = :func:`karras_sigmas` from σ̃(T) to ``sigma_min`` (default σ̃(ε): 0.01 for
+    the default VE and VP, 1.1e-4 for sub-VP, whose std at ε = 1e-3 is 1 − m² ≈ 2 β_min ε / 2),
+    σ_N = 0. Step i: with churn
     γ_i = min(S_churn/N, √2 − 1) where S_tmin ≤ σ_i ≤ S_tmax (else 0), σ̂ = σ_i (1 + γ_i),
     x̂ = x̃ + √(σ̂² − σ_i²) S_noise z; an Euler step to σ_{i+1} corrected by the trapezoid rule,
     except the last (to σ = 0), which is Euler's and returns x̂₀. NFE = 2N − 1.
@@ -157,13 +160,15 @@ def get_heun_sampler(
     _check(rho > 0, f"heun: rho must be > 0, got {rho}")
     _check(s_churn >= 0 and s_noise >= 0, f"heun: s_churn, s_noise must be >= 0, got {s_churn}, {s_noise}")
     _check(s_tmin <= s_tmax, f"heun: s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax})")
+    _check(sigma_min is None or sigma_min > 0, f"heun: sigma_min must be > 0, got {sigma_min}")
     schedule = SigmaSchedule(sde)
     num_steps = int(num_steps)
 
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, int]:
         x0_fn = data_prediction(sampling.check_score_fn(score_fn), schedule)
         rng, prior_rng = jax.random.split(rng)
-        sig = karras_sigmas(schedule.sigma(eps), schedule.sigma(sde.T), num_steps, rho)
+        sig_min = schedule.sigma(eps) if sigma_min is None else sigma_min
+        sig = karras_sigmas(sig_min, schedule.sigma(sde.T), num_steps, rho)
         gamma = jnp.where((sig >= s_tmin) & (sig <= s_tmax), min(s_churn / num_steps, math.sqrt(2) - 1), 0.0)
         x = _prior(sde, shape, prior_rng, z) / schedule.mean_coeff(sig[0])
 
@@ -171,7 +176,8 @@ def get_heun_sampler(
             if s_churn == 0:
                 return x, sigma
             sigma_hat = sigma * (1 + g)
-            noise = jnp.sqrt(sigma_hat**2 - sigma**2) * s_noise * jax.random.normal(key, x.shape)
+            # √(σ̂² − σ²) = σ √(γ (2 + γ)): exactly 0 for γ = 0 (σ̂² − σ² may round below 0)
+            noise = sigma * jnp.sqrt(g * (2 + g)) * s_noise * jax.random.normal(key, x.shape)
             return x + noise, sigma_hat
 
         def denoised_slope(x, sigma):  # (x̃ − D(x̃; σ̃)) / σ̃

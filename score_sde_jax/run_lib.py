@@ -170,18 +170,22 @@ def _check_finite(first_step: int, metrics: dict, last_good: str) -> None:
 def _make_sampler(config, mesh):
     """Jitted ``(params, rng) -> samples`` of ``config.training.batch_size`` with
     ``config.sampling``, sharded over the mesh."""
-    sde, eps = sde_lib.get_sde(config)
-    model = mutils.get_model(config)
-    shape = (int(config.training.batch_size), *mutils.data_shape(config))
-    sampling_fn = sampling.get_sampling_fn(config, sde, shape, eps)
 
-    def draw(params, rng):
-        score_fn = mutils.get_score_fn(sde, model, {"params": params}, train=False,
-                                       continuous=bool(config.training.continuous))
-        return sampling_fn(rng, score_fn)[0]
+    def build():
+        sde, eps = sde_lib.get_sde(config)
+        model = mutils.get_model(config)
+        shape = (int(config.training.batch_size), *mutils.data_shape(config))
+        sampling_fn = sampling.get_sampling_fn(config, sde, shape, eps)
 
-    return jax.jit(draw, in_shardings=(train_lib.replicated(mesh),) * 2,
-                   out_shardings=train_lib.data_sharding(mesh))
+        def draw(params, rng):
+            score_fn = mutils.get_score_fn(sde, model, {"params": params}, train=False,
+                                           continuous=bool(config.training.continuous))
+            return sampling_fn(rng, score_fn)[0]
+
+        return jax.jit(draw, in_shardings=(train_lib.replicated(mesh),) * 2,
+                       out_shardings=train_lib.data_sharding(mesh))
+
+    return train_lib.cached_jit(("sampler", mesh), config, build)
 
 
 def _write_samples(config, sampler, state, workdir: str, step: int) -> None:
@@ -204,9 +208,11 @@ def train(config, workdir: str) -> train_lib.TrainState:
     mesh = train_lib.make_mesh()
     train_lib.check_batch_size(int(t.batch_size), mesh)
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    template = train_lib.replicate(
-        train_lib.create_train_state(config, jax.random.PRNGKey(int(config.seed))), mesh)
+    template = train_lib.abstract_train_state(config, train_lib.replicated(mesh))
     state, resumed = _restore_latest(template, workdir, config)
+    if resumed is None:
+        state = train_lib.replicate(
+            train_lib.create_train_state(config, jax.random.PRNGKey(int(config.seed))), mesh)
     start, n_iters = int(jax.device_get(state.step)), int(t.n_iters)
     logging.info("%s at step %d of %d on %d device(s), %d process(es)",
                  f"resuming from {resumed}" if resumed else "starting", start, n_iters,

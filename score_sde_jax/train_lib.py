@@ -17,6 +17,7 @@ before this one, so the first update has lr 0, as in the official code). EMA aft
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 
 import flax
@@ -124,6 +125,26 @@ def get_step_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool = True
 
 
 # ---------------------------------------------------------------------------- state and steps
+_JITTED: dict[tuple, Callable] = {}
+_SCHEDULE_KEYS = [("training", k) for k in ("n_iters", "log_freq", "eval_freq", "snapshot_freq",
+                                            "snapshot_freq_for_preemption", "snapshot_sampling")]
+_MAX_JITTED = 32
+
+
+def cached_jit(what: tuple, config, build: Callable[[], Callable]) -> Callable:
+    """The jitted function ``build()`` for (what, config), reused by later calls with an equal
+    config (so that repeated ``run_lib.train`` calls in one process compile once)."""
+    settings = json.loads(config.to_json_best_effort(sort_keys=True))
+    for section, name in _SCHEDULE_KEYS:  # read by the loop only, never inside a jitted function
+        settings.get(section, {}).pop(name, None)
+    key = (*what, json.dumps(settings, sort_keys=True))
+    if key not in _JITTED:
+        if len(_JITTED) >= _MAX_JITTED:
+            _JITTED.pop(next(iter(_JITTED)))
+        _JITTED[key] = build()
+    return _JITTED[key]
+
+
 def get_optimizer(config) -> optax.GradientTransformation:
     """Global-norm clipping + Adam with linear warmup (see the module docstring)."""
     o = config.optim
@@ -164,7 +185,16 @@ def create_train_state(config, rng: Array) -> TrainState:
                           opt_state=tx.init(params),
                           params_ema=jax.tree_util.tree_map(jnp.copy, params), rng=rng)
 
-    return jax.jit(fresh)(jnp.asarray(rng, jnp.uint32))
+    return cached_jit(("init",), config, lambda: jax.jit(fresh))(jnp.asarray(rng, jnp.uint32))
+
+
+def abstract_train_state(config, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    """The state's tree of ``jax.ShapeDtypeStruct`` (no computation): a cheap template for
+    ``checkpoints.restore``. ``sharding`` defaults to the first local device."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(lambda rng: create_train_state(config, rng), jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                                  shapes)
 
 
 def get_train_step(config) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
@@ -185,7 +215,7 @@ def get_train_step(config) -> Callable[[TrainState, Batch, Array], tuple[TrainSt
         params = optax.apply_updates(state.params, updates)
         params_ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
                                             state.params_ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": lr_fn(state.step), **aux}
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             params_ema=params_ema)
@@ -264,20 +294,28 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1):
     """Jitted ``(state, batches) -> (state, metrics)`` over ``mesh`` running ``n_steps``
     updates (``lax.scan``; batches stacked (n_steps, B, ...) and metrics (n_steps,) when
     n_steps > 1), update i using the key ``step_rng(state)``. The input state is donated."""
-    train_step = get_train_step(config)
 
-    def one(state, batch):
-        return train_step(state, batch, step_rng(state))
+    def build():
+        train_step = get_train_step(config)
 
-    fn = one if n_steps == 1 else lambda state, batches: jax.lax.scan(one, state, batches)
-    rep = replicated(mesh)
-    return jax.jit(fn, in_shardings=(rep, data_sharding(mesh, n_steps > 1)),
-                   out_shardings=(rep, rep), donate_argnums=0)
+        def one(state, batch):
+            return train_step(state, batch, step_rng(state))
+
+        fn = one if n_steps == 1 else lambda state, batches: jax.lax.scan(one, state, batches)
+        rep = replicated(mesh)
+        return jax.jit(fn, in_shardings=(rep, data_sharding(mesh, n_steps > 1)),
+                       out_shardings=(rep, rep), donate_argnums=0)
+
+    return cached_jit(("train", mesh, n_steps), config, build)
 
 
 def compile_eval_step(config, mesh: Mesh):
     """Jitted ``(state, batch) -> metrics`` over ``mesh`` (key ``step_rng(state, salt=1)``)."""
-    eval_step = get_eval_step(config)
-    rep = replicated(mesh)
-    return jax.jit(lambda state, batch: eval_step(state, batch, step_rng(state, 1)),
-                   in_shardings=(rep, data_sharding(mesh)), out_shardings=rep)
+
+    def build():
+        eval_step = get_eval_step(config)
+        rep = replicated(mesh)
+        return jax.jit(lambda state, batch: eval_step(state, batch, step_rng(state, 1)),
+                       in_shardings=(rep, data_sharding(mesh)), out_shardings=rep)
+
+    return cached_jit(("eval", mesh), config, build)

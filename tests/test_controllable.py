@@ -32,19 +32,31 @@ def _mixture4():
 
 
 GMM4 = _mixture4()
-SW_KEY = jax.random.PRNGKey(11)
+
+
+PROJ = np.random.default_rng(11).normal(size=(4, 256))
 
 
 def _w2(x, y):
-    """Sliced W₂ for (n, d) samples (the exact 1-D W₂ when d = 1)."""
-    if x.shape[1] == 1:
-        return float(jnp.sqrt(jnp.mean((jnp.sort(x[:, 0]) - jnp.sort(y[:, 0])) ** 2)))
-    return float(analytic.sliced_wasserstein(SW_KEY, x, y))
+    """Sliced W₂ (256 fixed directions) of (n, d) samples; the exact 1-D W₂ when d = 1."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    theta = np.ones((1, 1)) if x.shape[1] == 1 else PROJ[:x.shape[1]] / np.linalg.norm(
+        PROJ[:x.shape[1]], axis=0)
+    return float(np.sqrt(np.mean((np.sort(x @ theta, 0) - np.sort(y @ theta, 0)) ** 2)))
+
+
+def _sample(mix, n, seed):
+    """n exact samples of a GaussianMixture, drawn with NumPy (no compilation)."""
+    rng = np.random.default_rng(seed)
+    w, mu, cov = (np.asarray(a, np.float64) for a in (mix.weights, mix.means, mix.covs))
+    k = rng.choice(len(w), size=n, p=w / w.sum())
+    z = rng.standard_normal((n, mu.shape[1]))
+    return mu[k] + np.einsum("nij,nj->ni", np.linalg.cholesky(cov)[k], z)
 
 
 def _noise(sample, ref):
-    """mean + 3 sd of the distance of fresh exact samples to ``ref``: the exact-vs-exact noise."""
-    d = [_w2(sample(jax.random.PRNGKey(200 + i)), ref) for i in range(12)]
+    """mean + 3 sd of the distance of 12 fresh exact samples to ``ref``: exact-vs-exact noise."""
+    d = [_w2(sample(100 + i), ref) for i in range(12)]
     return float(np.mean(d) + 3 * np.std(d))
 
 
@@ -56,18 +68,37 @@ def _case(dim):
     else:
         gmm, known, mask = GMM4, np.array([4.0, 0.0, 0.5, 0.0]), np.array([1.0, 0.0, 1.0, 0.0])
     cond = gmm.conditional(known, mask)
-    ref = cond.sample(jax.random.PRNGKey(1), N)
-    return gmm, known, mask, ref, _noise(lambda r: cond.sample(r, N), ref)
+    ref = _sample(cond, N, 1)
+    return gmm, known, mask, ref, _noise(lambda seed: _sample(cond, N, seed), ref)
+
+
+# Langevin steps per noise level (N = 500 levels). Pooled over 12000 samples, the conditional mean
+# is off by 1.6-3.3 standard errors (2-3% of a standard deviation) in 2-D with the paper's one
+# step, and by up to 10% of a standard deviation in 4-D VP (two unknowns strongly correlated with
+# the known entries); with three steps every case is within 2 standard errors.
+N_STEPS = 3
+
+
+@functools.lru_cache
+def _compiled(sde_name, dim, kw):
+    """jit(rng, mixture arrays, data, mask) -> inpainted, one compilation per configuration."""
+    make, eps = SDES[sde_name]
+    sde = make()
+    inpainter = cg.get_pc_inpainter(sde, (N, dim), eps=eps, **dict(kw))
+
+    def run(rng, weights, means, covs, data, mask):
+        score = analytic.GaussianMixture(weights, means, covs).score_fn(sde)
+        return inpainter(rng, score, data, mask)
+
+    return jax.jit(run)
 
 
 def _inpaint(gmm, known, mask, sde_name, score_gmm=None, **kw):
-    make, eps = SDES[sde_name]
-    sde = make()
-    inpainter = cg.get_pc_inpainter(sde, (N, gmm.dim), eps=eps, **kw)
-    score = (score_gmm or gmm).score_fn(sde)
+    mix = score_gmm or gmm
     data = jnp.tile(jnp.asarray(known, jnp.float32), (N, 1))
     m = jnp.tile(jnp.asarray(mask, jnp.float32), (N, 1))
-    x = jax.jit(lambda r: inpainter(r, score, data, m))(jax.random.PRNGKey(0))
+    run = _compiled(sde_name, gmm.dim, tuple(sorted(kw.items())))
+    x = run(jax.random.PRNGKey(0), mix.weights, mix.means, mix.covs, data, m)
     assert bool(jnp.all(x[:, mask == 1] == data[:, mask == 1])), "known entries must be the data"
     return x[:, mask == 0]
 
@@ -78,38 +109,41 @@ def _inpaint(gmm, known, mask, sde_name, score_gmm=None, **kw):
 def test_inpainting_samples_the_exact_conditional(sde_name, dim):
     """PC inpainting (reverse diffusion + Langevin) with the exact score draws p(x_u | x_k = y)."""
     gmm, known, mask, ref, noise = _case(dim)
-    x = _inpaint(gmm, known, mask, sde_name)
+    x = _inpaint(gmm, known, mask, sde_name, n_steps=N_STEPS)
     assert _w2(x, ref) < noise, (_w2(x, ref), noise)
 
 
 def test_inpainting_with_probability_flow_predictor():
     """The PF-ODE predictor inside the PC loop (+ Langevin corrector) is exact as well."""
     gmm, known, mask, ref, noise = _case(2)
-    x = _inpaint(gmm, known, mask, "ve", predictor="euler_maruyama", probability_flow=True)
+    x = _inpaint(gmm, known, mask, "ve", predictor="euler_maruyama", probability_flow=True,
+                 n_steps=N_STEPS)
     assert _w2(x, ref) < noise
 
 
 def test_inpainting_negative_controls():
-    """The test can fail: a score without the component's correlation, and a predictor without
-    corrector (the replacement's known bias), are both well outside the noise."""
+    """The test can fail: a score without the component's correlation is far outside the noise,
+    and so is the official corrector (no ``hold_known``) with several steps per level, whose
+    later steps condition on known entries that drifted away."""
     gmm, known, mask, ref, noise = _case(2)
     covs = np.array(gmm.covs)
     covs[0, 0, 1] = covs[0, 1, 0] = 0.0
     wrong = analytic.GaussianMixture(gmm.weights, gmm.means, covs)
     assert _w2(_inpaint(gmm, known, mask, "vp", score_gmm=wrong), ref) > 3 * noise
-    assert _w2(_inpaint(gmm, known, mask, "vp", corrector="none"), ref) > 2 * noise
+    gmm, known, mask, ref, noise = _case(4)
+    assert _w2(_inpaint(gmm, known, mask, "ve", n_steps=6, hold_known=False), ref) > 2.5 * noise
 
 
 def test_replacement_bias_when_known_entries_do_not_tell_modes_apart():
-    """A limitation of the SPEC's replacement method, measured: at y = 3, p(x₁ | x₀ = y) puts 73%
-    on the upper mode (component 1) and 27% on the lower (component 2); at the noise levels where
+    """A limitation of the SPEC's replacement method, measured: at y = 3, p(x₁ | x₀ = y) puts 72%
+    on the upper mode (component 1) and 28% on the lower (component 2); at the noise levels where
     the modes separate the noisy known entry no longer tells them apart, so the inpainter's
     weights move towards the prior ratio 0.3 : 0.2 (60%). Exact-score inpainting gives ~52%."""
     known, mask = np.array([3.0, 0.0]), np.array([1.0, 0.0])
     exact_upper = float(GMM2.conditional(known, mask).weights[1])
     x = _inpaint(GMM2, known, mask, "ve")
     upper = float(jnp.mean(x[:, 0] > 0))
-    assert abs(exact_upper - 0.7296) < 1e-3
+    assert abs(exact_upper - 0.7232) < 1e-3
     assert upper < exact_upper - 0.1  # ≈ 20 binomial standard deviations below
 
 
@@ -159,11 +193,11 @@ def test_colorizer_samples_the_exact_conditional():
     known = jnp.array([np.sqrt(3.0) * g, 0.0, 0.0])
     cond = dec.conditional(known, np.array([1.0, 0.0, 0.0]))
 
-    def exact(r):
-        u = cond.sample(r, N)
-        return cg.couple(jnp.concatenate([jnp.full((N, 1), known[0]), u], axis=1))
+    def exact(seed):
+        u = _sample(cond, N, seed)
+        return np.asarray(cg.couple(jnp.concatenate([jnp.full((N, 1), known[0]), u], axis=1)))
 
-    ref = exact(jax.random.PRNGKey(1))
+    ref = exact(1)
     noise = _noise(exact, ref)
     sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=2.0, N=500)
     flat_score = gmm.score_fn(sde)
@@ -272,7 +306,6 @@ def _with(config, **data):
 
 def test_cli_inpaints_flat_points(tmp_path):
     from configs.toy_gmm import get_config
-
     from score_sde_jax import controllable_cli as cli
 
     config = get_config()

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
     sys.path.insert(0, str(ROOT))
 
+from training_helpers import tiny_toy_config  # noqa: E402
+
 from configs.digits import get_config as digits_config  # noqa: E402
 from score_sde_jax import (  # noqa: E402
     checkpoints,
@@ -36,7 +38,6 @@ from score_sde_jax import (  # noqa: E402
     train_lib,
 )
 from score_sde_jax.models import utils as mutils  # noqa: E402
-from training_helpers import tiny_toy_config  # noqa: E402
 
 SIZE, NUM_IMAGES = 16, 12
 S_EMA = {5: 0.5, 10: 0.4}  # the model's s in the EMA params of the checkpoints at steps 5, 10
@@ -115,8 +116,28 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def evaluated(workdir):
+    """Everything on checkpoint 1; then checkpoints 1..2 without sampling (a second call that
+    must reuse checkpoint 1's results). FID is costly on CPU, so it is computed once."""
     config = make_config(workdir)
-    return config, eval_lib.evaluate(config, workdir / "run")
+    config.eval.end_ckpt = 1
+    first = eval_lib.evaluate(config, workdir / "run")
+    config.eval.end_ckpt, config.eval.enable_sampling = 2, False
+    second = eval_lib.evaluate(config, workdir / "run")
+    assert second[1] == {k: v for k, v in first[1].items()
+                         if k in ("step", "loss", "bpd", "bpd_std")}
+    config.eval.end_ckpt, config.eval.enable_sampling = 1, True
+    return config, first | {2: second[2]}
+
+
+def fid_low_rank(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID for N1, N2 < D: with centered X (N, D), S = XᵀX / (N − 1) and the non-zero
+    eigenvalues of S1 S2 are the squared singular values of X1 X2ᵀ / √((N1 − 1)(N2 − 1)), so
+    tr (S1 S2)^½ is the sum of those singular values (no D x D matrix is formed)."""
+    x1, x2 = (f - f.mean(0) for f in (f1.astype(np.float64), f2.astype(np.float64)))
+    n1, n2 = len(f1) - 1, len(f2) - 1
+    tr_sqrt = np.linalg.svd(x1 @ x2.T / np.sqrt(n1 * n2), compute_uv=False).sum()
+    mean_diff = f1.mean(0) - f2.mean(0)
+    return float(mean_diff @ mean_diff + (x1**2).sum() / n1 + (x2**2).sum() / n2 - 2 * tr_sqrt)
 
 
 def test_bits_per_dim_equal_the_exact_model_density(evaluated, workdir):
@@ -136,7 +157,7 @@ def test_bits_per_dim_equal_the_exact_model_density(evaluated, workdir):
     assert not np.allclose(saved["bpd"][:NUM_IMAGES], saved["bpd"][NUM_IMAGES:])
     records = eval_io.read_jsonl(eval_dir / eval_lib.RESULTS_FILE)
     assert sorted((r["ckpt"], r["kind"]) for r in records) == [
-        (1, "bpd"), (1, "loss"), (1, "samples"), (2, "bpd"), (2, "loss"), (2, "samples")]
+        (1, "bpd"), (1, "loss"), (1, "samples"), (2, "bpd"), (2, "loss")]
 
 
 def test_sample_rounds_statistics_and_report(evaluated, workdir):
@@ -150,12 +171,15 @@ def test_sample_rounds_statistics_and_report(evaluated, workdir):
     assert [s["pool"].shape for s in stats] == [(4, 2048)] * 2
     ref = evaluation.load_statistics(eval_dir / f"npz_{SIZE}_ref_stats.npz")
     assert ref["pool"].shape == (NUM_IMAGES, 2048) and ref["logits"].shape == (NUM_IMAGES, 1008)
-    both = {k: np.concatenate([s[k] for s in stats]) for k in ("pool", "logits")}
-    expected = evaluation.metrics_from_statistics(both, ref)
+    pool = np.concatenate([s["pool"] for s in stats])
+    logits = np.concatenate([s["logits"] for s in stats])
+    expected = {"fid": fid_low_rank(pool, ref["pool"]),
+                "kid": evaluation.kid(pool, ref["pool"]),
+                "inception_score": evaluation.inception_score(logits, splits=1)}
     report = eval_io.load_npz(eval_dir / "report_1.npz")
     for name in ("fid", "kid", "inception_score"):
-        assert float(report[name]) == pytest.approx(expected[name], rel=1e-6)
-        assert results[1][name] == pytest.approx(expected[name], rel=1e-6)
+        assert float(report[name]) == pytest.approx(expected[name], rel=1e-4)
+        assert results[1][name] == pytest.approx(expected[name], rel=1e-4)
     assert expected["fid"] > 0 and expected["inception_score"] >= 1.0
 
 
@@ -196,22 +220,31 @@ def test_restart_skips_finished_work_and_redoes_only_missing_rounds(evaluated, w
         calls["inception"] += 1
         return stats_fn(*args, **kwargs)
 
+    def cheap_metrics(stats, ref):  # the same numbers without the D x D eigendecompositions
+        return {"inception_score": evaluation.inception_score(stats["logits"], splits=1),
+                "fid": fid_low_rank(stats["pool"], ref["pool"]),
+                "kid": evaluation.kid(stats["pool"], ref["pool"])}
+
     monkeypatch.setattr(eval_lib, "get_sample_fn", counting_sampler)
     monkeypatch.setattr(evaluation, "compute_statistics", counting_stats)
-    assert eval_lib.evaluate(config, run) == results
+    monkeypatch.setattr(evaluation, "metrics_from_statistics", cheap_metrics)
+    assert eval_lib.evaluate(config, run) == {1: results[1]}
     assert mtimes(eval_dir) == before and calls == {"sample": 0, "inception": 0}
 
     # an evaluation killed after round 0's samples and round 1's samples, before statistics
     folder = eval_dir / "ckpt_1_host_0"
     samples_1 = (folder / "samples_1.npz").stat().st_mtime_ns
+    samples_0 = eval_io.load_npz(folder / "samples_0.npz")["samples"]
     for name in ("statistics_1.npz", "statistics_0.npz", "samples_0.npz"):
         (folder / name).unlink()
     (eval_dir / "report_1.npz").unlink()
     again = eval_lib.evaluate(config, run)
     assert calls == {"sample": 1, "inception": 2}  # round 0 resampled; both rounds' statistics
     assert (folder / "samples_1.npz").stat().st_mtime_ns == samples_1
-    for name in ("fid", "kid", "inception_score"):  # the same keys give the same samples
-        assert again[1][name] == pytest.approx(results[1][name], rel=1e-6)
+    # round keys depend only on (checkpoint, round): the redone round has the same samples
+    np.testing.assert_array_equal(eval_io.load_npz(folder / "samples_0.npz")["samples"], samples_0)
+    for name in ("fid", "kid", "inception_score"):
+        assert again[1][name] == pytest.approx(results[1][name], rel=1e-4)
 
 
 def test_missing_inception_weights_fail_first_and_say_where_to_get_them(workdir, tmp_path):
@@ -256,6 +289,7 @@ def test_sample_writes_grid_and_npz_with_the_model_spread(workdir, tmp_path):
 
 def test_toy_data_sample_scatter_and_sample_report(tmp_path):
     config = tiny_toy_config()
+    config.model.num_scales = 100
     config.eval.batch_size, config.eval.num_samples = 100, 200
     config.eval.enable_loss = config.eval.enable_bpd = False
     config.eval.begin_ckpt = config.eval.end_ckpt = 1

@@ -9,13 +9,14 @@ import itertools
 import json
 import os
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from score_sde_jax import checkpoints_import
+from score_sde_jax import checkpoints, checkpoints_import
 from score_sde_jax.convert import load_config
 from score_sde_jax.models import get_model, layers, layerspp
 from score_sde_jax.models import up_or_down_sampling as ud
@@ -70,7 +71,7 @@ def count(tree):
 @pytest.mark.parametrize("name", sorted(PARITY))
 def test_official_pytorch_output(name):
     config, state, ref = parity_case(name)
-    variables = checkpoints_import.from_official_pytorch(state, config)
+    variables = checkpoints.from_official_pytorch(state, config)
     assert count(jax.tree_util.tree_map(np.shape, variables)) == ref["num_params"]
     apply = jax.jit(get_model(config).apply, static_argnames="train")
     y = apply(variables, jnp.asarray(state["__input_nhwc"]), jnp.asarray(state["__labels"]),
@@ -167,12 +168,27 @@ def test_option_combinations_run(progressive, progressive_input, resblock, fir):
     y = apply(variables, x, sigmas, train=False)
     assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
     assert float(jnp.abs(y).max()) > 0
-    if fir and resblock == "ddpm":  # dropout (rng 'dropout') is active only when training
-        drop = apply(variables, x, sigmas, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
-        assert not np.allclose(drop, y)
     # Samples are processed independently of each other.
     y_swapped = apply(variables, x[::-1], sigmas[::-1], train=False)
     np.testing.assert_allclose(y_swapped[::-1], y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [  # ResnetBlockDDPMpp shares BigGANpp's branch code
+    lambda: layerspp.ResnetBlockBigGANpp(act=jax.nn.swish, out_ch=8, dropout=0.5, init_scale=1.0),
+    lambda: layers.ResnetBlockDDPM(act=jax.nn.swish, dropout=0.5,
+                                   normalize=functools.partial(flax.linen.GroupNorm, num_groups=4)),
+])
+def test_dropout_only_when_training(block):
+    block = block()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
+    temb = jax.random.normal(jax.random.PRNGKey(1), (2, 16))
+    variables = jax.jit(block.init, static_argnames="train")(jax.random.PRNGKey(2), x, temb,
+                                                            train=False)
+    apply = jax.jit(block.apply, static_argnames="train")
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+    evaluated = apply(variables, x, temb, train=False)
+    np.testing.assert_array_equal(evaluated, apply(variables, x, temb, train=False, rngs=rngs))
+    assert not np.allclose(apply(variables, x, temb, train=True, rngs=rngs), evaluated)
 
 
 def test_official_flax_module_names():
@@ -231,35 +247,40 @@ def conv_same(x, w):
 
 
 def test_fir_box_kernel_is_nearest_and_average():
+    up = jax.jit(ud.upsample_2d, static_argnums=1)
+    down = jax.jit(ud.downsample_2d, static_argnums=1)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
     nearest = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    np.testing.assert_allclose(ud.upsample_2d(x, [1, 1]), nearest, atol=1e-6)
+    np.testing.assert_allclose(up(x, (1, 1)), nearest, atol=1e-6)
     np.testing.assert_allclose(ud.naive_upsample_2d(x), nearest, atol=0)
     avg = x.reshape(2, 3, 2, 3, 2, 4).mean(axis=(2, 4))
-    np.testing.assert_allclose(ud.downsample_2d(x, [1, 1]), avg, atol=1e-6)
+    np.testing.assert_allclose(down(x, (1, 1)), avg, atol=1e-6)
     np.testing.assert_allclose(ud.naive_downsample_2d(x), avg, atol=1e-6)
     # A normalised FIR filter keeps a constant image constant away from the border.
     ones = jnp.ones((1, 8, 8, 1))
-    np.testing.assert_allclose(ud.upsample_2d(ones, (1, 3, 3, 1))[:, 2:-2, 2:-2], 1, rtol=1e-6)
-    np.testing.assert_allclose(ud.downsample_2d(ones, (1, 3, 3, 1))[:, 1:-1, 1:-1], 1, rtol=1e-6)
+    np.testing.assert_allclose(up(ones, (1, 3, 3, 1))[:, 2:-2, 2:-2], 1, rtol=1e-6)
+    np.testing.assert_allclose(down(ones, (1, 3, 3, 1))[:, 1:-1, 1:-1], 1, rtol=1e-6)
 
 
 def test_fused_resampling_convolutions():
+    jit = functools.partial(jax.jit, static_argnums=2)
+    up_conv, conv_down = jit(ud.upsample_conv_2d), jit(ud.conv_downsample_2d)
+    up, down = jit(ud.upsample_2d, static_argnums=1), jit(ud.downsample_2d, static_argnums=1)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
     w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
     # Nearest-neighbour kernel: the fused op is exactly upsample-then-conv.
-    np.testing.assert_allclose(ud.upsample_conv_2d(x, w, [1, 1]),
+    np.testing.assert_allclose(up_conv(x, w, (1, 1)),
                                conv_same(ud.naive_upsample_2d(x), w), rtol=1e-5, atol=1e-5)
     # FIR kernel: identical away from the border, where only padding differs.
-    fused = ud.upsample_conv_2d(x, w, (1, 3, 3, 1))
+    fused = up_conv(x, w, (1, 3, 3, 1))
     assert fused.shape == (2, 16, 16, 5)
-    unfused = conv_same(ud.upsample_2d(x, (1, 3, 3, 1)), w)
+    unfused = conv_same(up(x, (1, 3, 3, 1)), w)
     np.testing.assert_allclose(fused[:, 3:-3, 3:-3], unfused[:, 3:-3, 3:-3], rtol=1e-5, atol=1e-5)
     assert not np.allclose(fused, unfused)
-    down = ud.conv_downsample_2d(x, w, (1, 3, 3, 1))
-    assert down.shape == (2, 4, 4, 5)
-    np.testing.assert_allclose(down[:, 1:-1, 1:-1],
-                               ud.downsample_2d(conv_same(x, w), (1, 3, 3, 1))[:, 1:-1, 1:-1],
+    fused_down = conv_down(x, w, (1, 3, 3, 1))
+    assert fused_down.shape == (2, 4, 4, 5)
+    np.testing.assert_allclose(fused_down[:, 1:-1, 1:-1],
+                               down(conv_same(x, w), (1, 3, 3, 1))[:, 1:-1, 1:-1],
                                rtol=1e-5, atol=1e-5)
 
 

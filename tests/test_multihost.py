@@ -1,0 +1,101 @@
+"""Multi-host data parallelism for real: two processes on 127.0.0.1 (jax.distributed with gloo
+CPU collectives, 2 devices each), each feeding its own half of every global batch, end with the
+parameters of one process that sees the whole batch; the full training loop (orbax checkpoints
+written and resumed collectively) runs across the two processes too.
+
+Run as a script, this file is one of the two worker processes.
+"""
+
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from training_helpers import ROOT, max_abs_diff, subprocess_env, tiny_toy_config
+
+from score_sde_jax import checkpoints, train_lib
+
+N_STEPS, GLOBAL_BATCH = 3, 64
+STEP_CONFIG = {"model.dropout": 0.3, "optim.warmup": 1}
+
+
+def global_batches():
+    """The same global batches in every process (64 rows each)."""
+    rng = np.random.default_rng(0)
+    return [{"image": rng.normal(size=(GLOBAL_BATCH, 2)).astype(np.float32),
+             "label": rng.integers(0, 3, GLOBAL_BATCH).astype(np.int32)} for _ in range(N_STEPS)]
+
+
+def train_steps(part: slice | None = None):
+    """N_STEPS updates over all devices of all processes; this process feeds rows ``part``."""
+    config = tiny_toy_config(**STEP_CONFIG)
+    mesh = train_lib.make_mesh()
+    state = train_lib.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+    step = train_lib.compile_train_step(config, mesh)
+    for batch in global_batches():
+        local = {k: v[part] if part else v for k, v in batch.items()}
+        state, _ = step(state, train_lib.make_global_batch(local, mesh))
+    return jax.device_get(state)
+
+
+def worker(process_id: int, port: int, workdir: str) -> None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=process_id)
+    assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+    half = GLOBAL_BATCH // 2
+    state = train_steps(slice(process_id * half, (process_id + 1) * half))
+    if process_id == 0:
+        leaves = jax.tree_util.tree_leaves_with_path(state.params)
+        np.savez(f"{workdir}/params.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
+
+    from score_sde_jax import logging_utils, run_lib
+
+    logging_utils.setup_logging()
+    run_lib.train(tiny_toy_config(**{"training.n_iters": 5}), f"{workdir}/run")
+    run_lib.train(tiny_toy_config(**{"training.n_iters": 10}), f"{workdir}/run")  # resumes at 5
+    jax.distributed.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+    port = _free_port()
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    single = train_steps()  # meanwhile: one process (8 devices here) on the whole batches
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=240)[1])
+        finally:
+            p.kill()
+    for p, err in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+
+    saved = np.load(tmp_path / "params.npz")
+    leaves = jax.tree_util.tree_leaves_with_path(single.params)
+    assert sorted(saved.files) == sorted(jax.tree_util.keystr(k) for k, _ in leaves)
+    assert max(float(np.max(np.abs(saved[jax.tree_util.keystr(k)] - v))) for k, v in leaves) <= 1e-5
+    assert max_abs_diff(single.params, train_lib.create_train_state(
+        tiny_toy_config(**STEP_CONFIG), jax.random.PRNGKey(0)).params) > 1e-3
+
+    # the full loop: both processes logged from one place and checkpointed together
+    assert "on 4 device(s), 2 process(es)" in outputs[0]
+    assert f"resuming from {tmp_path / 'run' / 'checkpoints-meta' / '5'} at step 5" in outputs[1]
+    assert checkpoints.all_steps(tmp_path / "run" / "checkpoints") == [5, 10]  # each final step
+    restored = checkpoints.restore(tmp_path / "run" / "checkpoints",
+                                   train_lib.abstract_train_state(tiny_toy_config()))
+    assert int(restored.step) == 10
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(restored))
+
+
+if __name__ == "__main__":
+    worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

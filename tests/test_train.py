@@ -1,0 +1,224 @@
+"""The training step and loop: learning for real, exact optimizer/EMA arithmetic, data-parallel
+equivalence on 8 devices, pluggable losses, logging outputs, and the NaN stop."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from training_helpers import max_abs_diff, tiny_toy_config
+
+from configs.digits import get_config as digits_config
+from score_sde_jax import analytic, checkpoints, logging_utils, losses, run_lib, sampling, sde_lib
+from score_sde_jax import train_lib
+from score_sde_jax.data.toy import gaussian_mixture_from_config
+from score_sde_jax.models import utils as mutils
+
+
+# ---------------------------------------------------------------------------- learning for real
+def test_training_lowers_the_loss_and_brings_samples_to_the_data(tmp_path):
+    """200 steps on the 2-D mixture: the DSM loss falls, and Euler-Maruyama samples of the EMA
+    network score far better under the exact mixture density than the untrained network's."""
+    config = tiny_toy_config(**{
+        "model.nf": 64, "model.num_layers": 2, "model.ema_rate": 0.9, "model.num_scales": 100,
+        "training.batch_size": 128, "training.n_iters": 200, "training.log_freq": 50,
+        "training.snapshot_freq": 200, "training.snapshot_freq_for_preemption": 100,
+        "optim.lr": 3e-3, "optim.warmup": 20})
+    untrained = train_lib.create_train_state(config, jax.random.PRNGKey(config.seed))
+    trained = jax.device_get(run_lib.train(config, str(tmp_path)))
+    assert int(trained.step) == 200
+    assert [r["step"] for r in logging_utils.read_metrics(tmp_path)] == [50, 100, 150, 200]
+
+    gmm = gaussian_mixture_from_config(config.data)
+    sde, eps = sde_lib.get_sde(config)
+    model = mutils.get_model(config)
+    loss_fn = jax.jit(train_lib.get_step_loss(config, sde, model, train=False))
+    batch = {"image": gmm.sample(jax.random.PRNGKey(7), 4096)}
+    loss_before = float(loss_fn(untrained.params, jax.random.PRNGKey(8), batch)[0])
+    loss_after = float(loss_fn(trained.params, jax.random.PRNGKey(8), batch)[0])
+    assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
+
+    sampler = sampling.get_sampling_fn(config, sde, (2000, 2), eps)
+    draw = jax.jit(lambda params: sampler(jax.random.PRNGKey(1), mutils.get_score_fn(
+        sde, model, {"params": params}, continuous=True))[0])
+    ref = gmm.sample(jax.random.PRNGKey(5), 2000)
+    before, after = draw(untrained.params_ema), draw(trained.params_ema)
+    loglik_before, loglik_after = (float(jnp.mean(gmm.log_prob(x))) for x in (before, after))
+    sw_key = jax.random.PRNGKey(2)
+    sw_before, sw_after = (float(analytic.sliced_wasserstein(sw_key, x, ref)) for x in (before, after))
+    true_loglik = float(jnp.mean(gmm.log_prob(ref)))  # about -1.49
+    assert loglik_after > true_loglik - 0.5 and loglik_after > loglik_before + 10, \
+        (loglik_before, loglik_after, true_loglik)
+    assert sw_after < 0.6 and sw_after < sw_before / 10, (sw_before, sw_after)
+
+
+# ---------------------------------------------------------------------------- data parallelism
+def _run_steps(config, devices, n_steps=3, n_jitted=1):
+    mesh = train_lib.make_mesh(devices)
+    state = train_lib.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.normal(size=(64, 2)).astype(np.float32),
+                "label": np.zeros(64, np.int32)} for _ in range(n_steps)]
+    step = train_lib.compile_train_step(config, mesh, n_jitted)
+    if n_jitted == 1:
+        for b in batches:
+            state, _ = step(state, train_lib.make_global_batch(b, mesh))
+    else:
+        stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+        state, metrics = step(state, train_lib.make_global_batch(stacked, mesh, stacked=True))
+        assert metrics["loss"].shape == (n_steps,)
+    assert int(state.step) == n_steps
+    return jax.device_get(state)
+
+
+def test_data_parallel_step_equals_the_single_device_step():
+    """Same global batches, same keys: 8 devices (batch split 8 ways, dropout on) give the
+    parameters of 1 device; 3 updates scanned in one call give those of 3 calls."""
+    assert jax.device_count() == 8  # tests/conftest.py
+    config = tiny_toy_config(**{"model.dropout": 0.3, "optim.warmup": 1})
+    one = _run_steps(config, jax.devices()[:1])
+    eight = _run_steps(config, jax.devices())
+    scanned = _run_steps(config, jax.devices(), n_jitted=3)
+    assert max_abs_diff(one.params, eight.params) <= 1e-5
+    assert max_abs_diff(one.params_ema, eight.params_ema) <= 1e-5
+    assert max_abs_diff(eight.params, scanned.params) <= 1e-6
+    assert max_abs_diff(one.params, train_lib.create_train_state(
+        config, jax.random.PRNGKey(0)).params) > 1e-3  # the updates did move the weights
+
+
+def test_batch_must_divide_over_devices():
+    mesh = train_lib.make_mesh()
+    with pytest.raises(ValueError, match="config.training.batch_size=12 must be a multiple of"):
+        train_lib.check_batch_size(12, mesh)
+
+
+# ---------------------------------------------------------------------------- optimizer and EMA
+COEF = jnp.array([3.0, -4.0, 0.0])  # gradient of the linear test loss; |COEF| = 5
+
+
+@train_lib.register_task("test_linear", init=lambda rng, config: {"params": {"w": jnp.zeros(3)}})
+def _linear_task(config, sde, model, train):
+    def loss(params, rng, batch):
+        return jnp.sum(COEF * params["w"]), {"batch_mean": jnp.mean(batch["image"])}
+
+    return loss
+
+
+def _linear_config(grad_clip):
+    config = tiny_toy_config(**{"model.ema_rate": 0.5, "optim.lr": 0.1, "optim.warmup": 4,
+                                "optim.eps": 1.0, "optim.grad_clip": grad_clip})
+    config.training.task = "test_linear"
+    return config
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_warmup_clipping_adam_and_ema_are_exact(grad_clip):
+    config = _linear_config(grad_clip)
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    step = jax.jit(train_lib.get_train_step(config))
+    batch = {"image": jnp.full((4, 2), 0.25), "label": jnp.zeros(4, jnp.int32)}
+    g = COEF / 5.0 if grad_clip else COEF  # clipped to global norm 1, or not at all
+    adam = g / (jnp.abs(g) + 1.0)  # Adam's bias-corrected m / (sqrt(v) + eps) for a constant g
+    lrs = []
+    for _ in range(3):
+        state, metrics = step(state, batch, jax.random.PRNGKey(0))
+        lrs.append(float(metrics["lr"]))
+        assert float(metrics["grad_norm"]) == pytest.approx(5.0)
+        assert float(metrics["batch_mean"]) == pytest.approx(0.25)  # aux metrics pass through
+    np.testing.assert_allclose(lrs, [0.0, 0.025, 0.05])  # lr * min(step / warmup, 1)
+    w1 = -0.025 * adam
+    np.testing.assert_allclose(state.params["w"], w1 + -0.05 * adam, rtol=1e-5, atol=1e-8)
+    ema = 0.5 * (0.5 * 0.0 + 0.5 * w1) + 0.5 * (3 * w1)  # r e + (1 - r) p after each update
+    np.testing.assert_allclose(state.params_ema["w"], ema, rtol=1e-5, atol=1e-8)
+    assert int(state.step) == 3
+
+
+def test_task_registry_errors():
+    with pytest.raises(ValueError, match="already registered"):
+        train_lib.register_task("test_linear")(lambda *a: None)
+    config = tiny_toy_config()
+    config.training.task = "no_such_task"
+    with pytest.raises(ValueError, match="config.training.task='no_such_task'"):
+        train_lib.create_train_state(config, jax.random.PRNGKey(0))
+
+
+# ---------------------------------------------------------------------------- losses by config
+@pytest.mark.parametrize("sde_name,continuous,reference", [
+    ("vpsde", False, "ddpm"), ("vesde", False, "smld"), ("subvpsde", True, "sde")])
+def test_the_config_picks_the_loss(sde_name, continuous, reference):
+    config = tiny_toy_config(**{"training.sde": sde_name, "training.continuous": continuous,
+                                "model.embedding_type": "fourier" if sde_name == "vesde" else "positional"})
+    sde, _ = sde_lib.get_sde(config)
+    model = mutils.get_model(config)
+    params = train_lib.create_train_state(config, jax.random.PRNGKey(0)).params
+    batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(16, 2)), jnp.float32)}
+    rng = jax.random.PRNGKey(3)
+    got, aux = train_lib.get_step_loss(config, sde, model, train=False)(params, rng, batch)
+    variables, loss_rng = {"params": params}, jax.random.split(rng)[0]
+    if reference == "sde":
+        fn = mutils.get_score_fn(sde, model, variables, continuous=True)
+        want = losses.get_sde_loss_fn(sde, reduce_mean=True)(loss_rng, fn, batch["image"])
+    else:
+        make = losses.get_ddpm_loss_fn if reference == "ddpm" else losses.get_smld_loss_fn
+        want = make(sde, reduce_mean=True)(loss_rng, mutils.get_model_fn(model, variables),
+                                           batch["image"])
+    assert aux == {} and float(got) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_unsupported_loss_settings_name_the_key():
+    config = tiny_toy_config(**{"training.sde": "subvpsde", "training.continuous": False})
+    sde, _ = sde_lib.get_sde(config)
+    with pytest.raises(ValueError, match="config.training.continuous=False"):
+        train_lib.get_step_loss(config, sde, mutils.get_model(config))
+    config = tiny_toy_config(**{"training.continuous": False, "training.likelihood_weighting": True})
+    with pytest.raises(ValueError, match="likelihood_weighting=True needs"):
+        train_lib.get_step_loss(config, sde_lib.get_sde(config)[0], mutils.get_model(config))
+
+
+# ---------------------------------------------------------------------------- images, NaN
+@mutils.register_model(name="test_tiny_conv")
+class TinyConv(nn.Module):
+    """A 2-layer conv net: enough to push image batches through the training loop."""
+
+    config: object
+
+    @nn.compact
+    def __call__(self, x, labels, train=False):
+        h = nn.swish(nn.Conv(8, (3, 3))(x) + labels.reshape(-1, 1, 1, 1) / 1000.0)
+        return nn.Conv(x.shape[-1], (3, 3))(h)
+
+
+def test_image_training_on_the_embedded_digits_writes_logs_and_a_sample_grid(tmp_path):
+    config = digits_config()
+    config.model.name, config.model.num_scales = "test_tiny_conv", 10
+    t = config.training
+    t.batch_size, t.n_iters, t.log_freq, t.eval_freq = 16, 4, 2, 4
+    t.snapshot_freq, t.snapshot_freq_for_preemption = 4, 2
+    state = run_lib.train(config, str(tmp_path))
+    assert int(state.step) == 4
+    grid = tmp_path / "samples" / "iter_4" / "sample.png"
+    from PIL import Image
+
+    assert Image.open(grid).size == (4 * 10 + 2, 4 * 10 + 2)  # 16 digits of 8x8, 2px padding
+    assert np.load(grid.with_suffix(".npz"))["samples"].shape == (16, 8, 8, 1)
+    records = logging_utils.read_metrics(tmp_path)
+    assert [r["step"] for r in records if "training_loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "eval_loss" in r] == [4]
+    assert all(np.isfinite(r["training_loss"]) and r["steps_per_sec"] > 0
+               for r in records if "training_loss" in r)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert checkpoints.all_steps(tmp_path / "checkpoints") == [4]
+    assert checkpoints.all_steps(tmp_path / "checkpoints-meta") == [4]
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_toy_config(**{"training.n_iters": 10})
+    run_lib.train(config, str(tmp_path))
+    diverging = tiny_toy_config(**{"training.n_iters": 30, "optim.lr": 1e38})
+    with pytest.raises(run_lib.NonFiniteLossError,
+                       match=r"update 1\d gave loss (nan|inf).* the last checkpoint is .*/10\b"):
+        run_lib.train(diverging, str(tmp_path))
+    for directory in checkpoints.step_dirs(tmp_path):  # nothing after step 10 was saved
+        assert checkpoints.all_steps(directory) == [10]
+    kept = checkpoints.restore(tmp_path / "checkpoints-meta", train_lib.abstract_train_state(config))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(kept))
