@@ -19,8 +19,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check score_sde_jax configs tests bench main.py
 
+# Every sampler on the exact mixture score, then real training of the embedded defaults
+# (2-D mixture + MLP, then 8x8 digits + DDPM++): loss and sample quality, untrained vs trained.
+DEMO_ARGS ?=
 demo: $(STAMP)
 	$(BIN)/python -m score_sde_jax.demo_exact --out runs/demo/exact_samplers.png
+	$(BIN)/python -m score_sde_jax.demo_train --workdir runs/demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

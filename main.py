@@ -32,6 +32,9 @@ flags.DEFINE_integer("num_samples", None, "sample mode: number of samples "
                      "(default config.eval.batch_size).")
 flags.DEFINE_integer("step", None, "eval / sample mode: checkpoint step (default: the latest).")
 flags.DEFINE_string("sample_dir", None, "sample mode: output folder (default workdir/samples).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
+                  "GPU/CPU clusters; Cloud TPU pods and SLURM are detected automatically, else "
+                  "set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 
@@ -79,6 +82,10 @@ def _parse(argv: list[str]) -> None:
 def run(config, workdir: str, mode: str) -> None:
     from score_sde_jax import logging_utils, run_lib
 
+    if FLAGS.distributed:
+        import jax
+
+        jax.distributed.initialize()
     logging_utils.setup_logging()
     if mode == "train":
         run_lib.train(config, workdir)

@@ -208,8 +208,8 @@ def restore(directory: str | os.PathLike, template_state, step: int | None = Non
     ``template_state`` fixes the tree, shapes, dtypes and shardings: a :class:`TrainState` of
     arrays (``train_lib.create_train_state``) or of ``jax.ShapeDtypeStruct`` with shardings
     (``train_lib.abstract_train_state``, which costs no computation); ``config`` only improves
-    the message of a mismatch. Raises CheckpointNotFoundError, MismatchedCheckpointError (path + first key that
-    differs) or CorruptCheckpointError.
+    the message of a mismatch. Raises CheckpointNotFoundError, MismatchedCheckpointError (path
+    and first key that differs) or CorruptCheckpointError.
     """
     directory = Path(directory)
     if step is None:

@@ -66,12 +66,13 @@ def _to_unit(a: np.ndarray) -> np.ndarray:
 
 def _as_nhwc(a: np.ndarray, size: int, path, what: str, model: str) -> np.ndarray:
     """(H, W), (H, W, C), (N, H, W) or (N, H, W, C) -> (N, H, W, C), checking H = W = size."""
+    shape = a.shape
     if a.ndim == 2:
         a = a[None, ..., None]
     elif a.ndim == 3:
-        a = a[None] if a.shape[:2] == (size, size) and a.shape[2] in (1, 3, 4) else a[..., None]
+        a = a[None] if a.shape[:2] == (size, size) else a[..., None]
     if a.ndim != 4 or a.shape[1:3] != (size, size):
-        raise ValueError(f"{what} file {path}: shape {a.shape} does not fit the model, which takes "
+        raise ValueError(f"{what} file {path}: shape {shape} does not fit the model, which takes "
                          f"{model}; resize the input first")
     return a[..., :3] if a.shape[-1] == 4 else a  # RGBA: drop alpha
 

@@ -111,8 +111,11 @@ def _check_same_shape(shape: tuple[int, ...], **arrays) -> None:
 
 
 def _check_binary(mask) -> None:
-    m = np.asarray(jax.device_get(mask)) if not isinstance(mask, jax.core.Tracer) else None
-    if m is not None and not np.all((m == 0) | (m == 1)):
+    try:
+        m = np.asarray(mask)
+    except jax.errors.TracerArrayConversionError:  # traced under jit: values unknown here
+        return
+    if not np.all((m == 0) | (m == 1)):
         raise ValueError("mask must hold only 0 (unknown, to inpaint) and 1 (known) entries")
 
 
@@ -129,8 +132,9 @@ def _unknown_part_langevin(snr: float, n_steps: int, unknown: Transform) -> samp
         def norm(a):
             return jnp.mean(jnp.linalg.norm(unknown(a).reshape(a.shape[0], -1), axis=-1))
 
-        def step_size(grad, z):
-            return 2.0 * alpha * (snr * norm(z) / norm(grad)) ** 2
+        def step_size(grad, z):  # 0 where nothing is unknown (no gradient to follow)
+            g = norm(grad)
+            return jnp.where(g > 0, 2.0 * alpha * (snr * norm(z) / jnp.where(g > 0, g, 1.0)) ** 2, 0.0)
 
         return sampling._langevin_steps(rng, x, t, score_fn, sde, snr, n_steps, step_size)
 

@@ -166,13 +166,13 @@ def _bpd_pass(config, bpd_fn, params, rng, folder: Path, split: str,
     """One dequantized pass over ``split``; batches already on disk are read back."""
     ds = datasets.get_dataset(config, split, evaluation=True, uniform_dequantization=True,
                               drop_remainder=False, seed=int(config.seed) + 1 + repeat)
-    out = []
+    out, local_batch = [], config.eval.batch_size // jax.process_count()
     for b, batch in enumerate(ds):
         path = folder / f"{split}_bpd_repeat_{repeat}_batch_{b}.npz"
         if not path.is_file():
             images = batch["image"]
             key = jax.random.fold_in(jax.random.fold_in(rng, repeat), b)
-            bpd, nfe = bpd_fn(params, key, jnp.asarray(_padded(images, config.eval.batch_size)))
+            bpd, nfe = bpd_fn(params, key, jnp.asarray(_padded(images, local_batch)))
             n = len(images)
             io.savez_atomic(path, bpd=np.asarray(bpd)[:n], nfe=np.asarray(nfe)[:n])
             logging.info("bits/dim: repeat %d, batch %d: %.4f", repeat, b, float(np.mean(bpd[:n])))
@@ -304,6 +304,7 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
     if ev.enable_sampling and ev.batch_size % jax.process_count():
         raise ValueError(f"config.eval.batch_size={ev.batch_size} must be a multiple of the "
                          f"number of processes ({jax.process_count()})")
+    steps = checkpoint_steps(config, workdir)  # fails before any work when there are none
     sde, sampling_eps = sde_lib.get_sde(config)
     build = score_fn_builder(config, sde)
     loss_fn = get_eval_loss_fn(config, sde) if ev.enable_loss else None
@@ -322,7 +323,7 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
             ref_stats = reference_statistics(config, inception, ref_path)
 
     results = {}
-    for k, step in checkpoint_steps(config, workdir):
+    for k, step in steps:
         params, _ = load_ema_params(config, workdir, step)
         rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 1), step)
         result = {"step": step}

@@ -10,13 +10,9 @@ prediction (Tweedie) x̂₀(x, t) = (x + std² s(x, t)) / m, the noise predictio
 - VP:     std² = 1 − m²  ⇒  m = (1 + σ̃²)^(−½),     −log m = ½ log(1 + σ̃²).
 - sub-VP: std = 1 − m²   ⇒  σ̃ = 1/m − m, m = 2 / (σ̃ + √(σ̃² + 4)),  −log m = asinh(σ̃/2).
 
-For VP and sub-VP, −log m = ¼ Δβ t² + ½ β_min t (Δβ = β_max − β_min) inverts to
-t = 2c / (½ β_min + √(¼ β_min² + Δβ c)) with c = −log m.
-
 Samplers are pure: ``sampler(rng, score_fn, z=None) -> (x, nfe)``, ``z`` replacing the prior
-draw; NFE counts every call of ``score_fn``. Selectable from configs as
-``config.sampling.method = 'heun'`` or ``'dpm_solver'`` (see :func:`_heun_from_config`,
-:func:`_dpm_solver_from_config` for the keys).
+draw; NFE counts every call of ``score_fn``. ``config.sampling.method = 'heun' | 'dpm_solver'``
+selects them (keys: :func:`_heun_from_config`, :func:`_dpm_solver_from_config`).
 """
 
 from __future__ import annotations
@@ -55,8 +51,7 @@ class SigmaSchedule:
         t = jnp.asarray(t)
         return self.sde.marginal_prob(jnp.zeros_like(t), t)[1] / self.sde.mean_coeff(t)
 
-    def neg_log_mean_coeff(self, sigma: Array) -> Array:
-        """c = −log m as a function of σ̃."""
+    def neg_log_mean_coeff(self, sigma: Array) -> Array:  # c = −log m
         if isinstance(self.sde, sde_lib.subVPSDE):
             return jnp.arcsinh(sigma / 2)
         if isinstance(self.sde, sde_lib.VPSDE):
@@ -72,7 +67,7 @@ class SigmaSchedule:
         return sigma * self.mean_coeff(sigma)
 
     def time(self, sigma: Array) -> Array:
-        """t(σ̃), the inverse of :meth:`sigma`."""
+        """t(σ̃); VP / sub-VP solve c = −log m = ¼ Δβ t² + ½ β_min t for t (Δβ = β_max − β_min)."""
         sde = self.sde
         if isinstance(sde, sde_lib.VESDE):
             return jnp.log(sigma / sde.sigma_min) / math.log(sde.sigma_max / sde.sigma_min)
@@ -82,24 +77,21 @@ class SigmaSchedule:
 
 
 # --------------------------------------------------------------------------- conversions
+# score s ↔ noise ε̂ ↔ data x̂₀ predictions at one time; mean_coeff m and std: (B,).
 def score_to_noise(score: Array, std: Array) -> Array:
-    """ε̂ = −std · s; std: (B,)."""
-    return batch_mul(-std, score)
+    return batch_mul(-std, score)  # ε̂ = −std · s
 
 
 def noise_to_score(noise: Array, std: Array) -> Array:
-    """s = −ε̂ / std."""
-    return batch_mul(-1.0 / std, noise)
+    return batch_mul(-1.0 / std, noise)  # s = −ε̂ / std
 
 
 def score_to_data(x: Array, score: Array, mean_coeff: Array, std: Array) -> Array:
-    """Tweedie's x̂₀ = (x + std² s) / m; mean_coeff, std: (B,)."""
-    return batch_mul(1.0 / mean_coeff, x + batch_mul(std**2, score))
+    return batch_mul(1.0 / mean_coeff, x + batch_mul(std**2, score))  # Tweedie: x̂₀ = (x + std² s) / m
 
 
 def data_to_score(x: Array, data: Array, mean_coeff: Array, std: Array) -> Array:
-    """s = (m x̂₀ − x) / std², the inverse of :func:`score_to_data`."""
-    return batch_mul(1.0 / std**2, batch_mul(mean_coeff, data) - x)
+    return batch_mul(1.0 / std**2, batch_mul(mean_coeff, data) - x)  # s = (m x̂₀ − x) / std²
 
 
 def data_prediction(score_fn: ScoreFn, schedule: SigmaSchedule) -> Callable[[Array, Array], Array]:
@@ -149,8 +141,8 @@ def get_heun_sampler(
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Alg. 2) on dx̃/dσ̃ = (x̃ − x̂₀)/σ̃.
 
     σ_0..σ_{N−1} = :func:`karras_sigmas` from σ̃(T) to ``sigma_min`` (default σ̃(ε): 0.01 for
-    the default VE and VP, 1.1e-4 for sub-VP, whose std at ε = 1e-3 is 1 − m² ≈ 2 β_min ε / 2),
-    σ_N = 0. Step i: with churn
+    the default VE and VP, but 1.1e-4 for sub-VP, whose std(ε) = 1 − m² ≈ β_min ε is not
+    √(1 − m²): there σ_min = 0.01 spends few steps better), σ_N = 0. Step i: with churn
     γ_i = min(S_churn/N, √2 − 1) where S_tmin ≤ σ_i ≤ S_tmax (else 0), σ̂ = σ_i (1 + γ_i),
     x̂ = x̃ + √(σ̂² − σ_i²) S_noise z; an Euler step to σ_{i+1} corrected by the trapezoid rule,
     except the last (to σ = 0), which is Euler's and returns x̂₀. NFE = 2N − 1.
@@ -283,8 +275,7 @@ def get_dpm_solver_sampler(
             x, x0_prev, x0_prev2 = carry
             i, k = inputs
             x0 = x0_fn(x, sig[i])
-            x0s = (x0, x0_prev, x0_prev2)
-            return (jax.lax.switch(k - 1, branches, x, sig, i, x0s), x0, x0_prev), None
+            return (jax.lax.switch(k - 1, branches, x, sig, i, (x0, x0_prev, x0_prev2)), x0, x0_prev), None
 
         zeros = jnp.zeros_like(x)
         (x, _, _), _ = jax.lax.scan(step, (x, zeros, zeros), (jnp.arange(num_steps), jnp.asarray(orders)))
@@ -373,9 +364,8 @@ def get_adaptive_dpm_solver_sampler(
                 "attempts": c["attempts"] + 1,
             }
 
-        init = {"x": x, "x_prev": x, "x0": jnp.zeros_like(x), "have_x0": jnp.asarray(False),
-                "lam": lam_start, "h": jnp.asarray(h_init, x.dtype), "nfe": jnp.asarray(0),
-                "attempts": jnp.asarray(0)}
+        init = {"x": x, "x_prev": x, "x0": jnp.zeros_like(x), "have_x0": jnp.asarray(False), "lam": lam_start,
+                "h": jnp.asarray(h_init, x.dtype), "nfe": jnp.asarray(0), "attempts": jnp.asarray(0)}
         c = jax.lax.while_loop(cond, body, init)
         x = eqx.error_if(c["x"], c["lam"] < lam_end,
                          f"dpm_solver adaptive: not at t = eps after max_steps={max_steps} attempts; "
@@ -390,10 +380,12 @@ def get_adaptive_dpm_solver_sampler(
 # --------------------------------------------------------------------------- from a config
 @sampling.register_sampling_method("heun")
 def _heun_from_config(config, sde, shape, eps):
-    """config.sampling.{num_steps (18), rho (7), s_churn (0), s_tmin (0), s_tmax (inf), s_noise (1)}."""
+    """config.sampling.{num_steps (18), rho (7), s_churn (0), s_tmin (0), s_tmax (inf), s_noise (1),
+    sigma_min (None: σ̃(eps))}."""
     s = config.sampling
     return get_heun_sampler(sde, shape, s.get("num_steps", 18), s.get("rho", 7.0), s.get("s_churn", 0.0),
-                            s.get("s_tmin", 0.0), s.get("s_tmax", float("inf")), s.get("s_noise", 1.0), eps)
+                            s.get("s_tmin", 0.0), s.get("s_tmax", float("inf")), s.get("s_noise", 1.0), eps,
+                            s.get("sigma_min", None))
 
 
 @sampling.register_sampling_method("dpm_solver")

@@ -117,7 +117,10 @@ def format_metrics(values: Mapping[str, float]) -> str:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Plain ``LEVEL message`` lines on stderr (absl's handler is not installed outside app.run)."""
+    """Plain ``LEVEL message`` lines on stderr (absl's handler is not installed outside app.run);
+    processes other than 0 log warnings and errors only. Call after jax.distributed.initialize."""
+    if jax.process_index() != 0:
+        level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
     for noisy in ("absl", "jax", "orbax"):  # orbax logs every save at INFO through absl
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -141,8 +141,10 @@ class _Feed:
 
 def _restore_latest(template, workdir: str, config):
     """(state, path) of the newest readable checkpoint in workdir, or (template, None)."""
-    found = sorted({(s, d) for d in checkpoints.step_dirs(workdir)
-                    for s in checkpoints.all_steps(d)}, key=lambda x: x[0], reverse=True)
+    # newest first; at equal steps the preemption checkpoint (the one meant for resuming)
+    found = [(s, d) for d in checkpoints.step_dirs(workdir)
+             for s in checkpoints.all_steps(d)]
+    found.sort(key=lambda x: (x[0], x[1].name == checkpoints.PREEMPTION_DIR), reverse=True)
     for step, directory in found:
         try:
             return checkpoints.restore(directory, template, step, config=config), directory / str(step)
@@ -201,11 +203,14 @@ def _write_samples(config, sampler, state, workdir: str, step: int) -> None:
         logging.info("step %d: samples written to %s", step, path)
 
 
-def train(config, workdir: str) -> train_lib.TrainState:
-    """Train (or resume training) ``config`` in ``workdir``; returns the final state."""
+def train(config, workdir: str, mesh=None) -> train_lib.TrainState:
+    """Train (or resume training) ``config`` in ``workdir``; returns the final state.
+
+    ``mesh``: the data-parallel mesh (default ``train_lib.make_mesh()``: every device of every
+    process); ``train_lib.make_mesh(devices)`` trains on fewer."""
     k = _validate(config)
     t = config.training
-    mesh = train_lib.make_mesh()
+    mesh = mesh or train_lib.make_mesh()
     train_lib.check_batch_size(int(t.batch_size), mesh)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     template = train_lib.abstract_train_state(config, train_lib.replicated(mesh))

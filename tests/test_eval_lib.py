@@ -288,7 +288,7 @@ def test_sample_writes_grid_and_npz_with_the_model_spread(workdir, tmp_path):
 
 
 def test_toy_data_sample_scatter_and_sample_report(tmp_path):
-    config = tiny_toy_config()
+    config = tiny_toy_config(**{"data.dataset": "GMM"})
     config.model.num_scales = 100
     config.eval.batch_size, config.eval.num_samples = 100, 200
     config.eval.enable_loss = config.eval.enable_bpd = False

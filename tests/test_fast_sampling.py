@@ -191,25 +191,26 @@ def test_config_selects_fast_samplers():
     assert isinstance(nfe, jax.Array) and int(nfe) > 10 and x.shape == (4, 2)
 
 
+FACTORIES = {"heun": fast_sampling.get_heun_sampler, "dpm": fast_sampling.get_dpm_solver_sampler,
+             "adaptive": fast_sampling.get_adaptive_dpm_solver_sampler}
 BAD = [
-    (lambda s: fast_sampling.get_heun_sampler(s, (2, 2), num_steps=0), r"heun: num_steps must be >= 1, got 0"),
-    (lambda s: fast_sampling.get_heun_sampler(s, (2, 2), rho=0), r"heun: rho must be > 0"),
-    (lambda s: fast_sampling.get_heun_sampler(s, (2, 2), s_churn=-1), r"s_churn, s_noise must be >= 0"),
-    (lambda s: fast_sampling.get_heun_sampler(s, (2, 2), s_tmin=5, s_tmax=1), r"s_tmin \(5\) must not exceed"),
-    (lambda s: fast_sampling.get_heun_sampler(s, (2, 2), sigma_min=0.0), r"sigma_min must be > 0"),
-    (lambda s: fast_sampling.get_dpm_solver_sampler(s, (2, 2), order=4), r"order must be 1, 2 or 3, got 4"),
-    (lambda s: fast_sampling.get_dpm_solver_sampler(s, (2, 2), num_steps=0), r"num_steps must be >= 1"),
-    (lambda s: fast_sampling.get_dpm_solver_sampler(s, (2, 2), skip_type="quad"),
-     r"unknown skip_type 'quad'; valid: \['logsnr', 'time_uniform', 'karras'\]"),
-    (lambda s: fast_sampling.get_adaptive_dpm_solver_sampler(s, (2, 2), order=1), r"adaptive: order must be 2 or 3"),
-    (lambda s: fast_sampling.get_adaptive_dpm_solver_sampler(s, (2, 2), rtol=0), r"rtol, atol must be > 0"),
+    ("heun", {"num_steps": 0}, r"heun: num_steps must be >= 1, got 0"),
+    ("heun", {"rho": 0}, r"heun: rho must be > 0"),
+    ("heun", {"s_churn": -1}, r"s_churn, s_noise must be >= 0"),
+    ("heun", {"s_tmin": 5, "s_tmax": 1}, r"s_tmin \(5\) must not exceed s_tmax \(1\)"),
+    ("heun", {"sigma_min": 0.0}, r"sigma_min must be > 0"),
+    ("dpm", {"order": 4}, r"dpm_solver: order must be 1, 2 or 3, got 4"),
+    ("dpm", {"num_steps": 0}, r"num_steps must be >= 1"),
+    ("dpm", {"skip_type": "quad"}, r"unknown skip_type 'quad'; valid: \['logsnr', 'time_uniform',"),
+    ("adaptive", {"order": 1}, r"adaptive: order must be 2 or 3"),
+    ("adaptive", {"rtol": 0}, r"rtol, atol must be > 0"),
 ]
 
 
-@pytest.mark.parametrize("make, message", BAD)
-def test_bad_options_raise_clear_errors(make, message):
+@pytest.mark.parametrize("factory, options, message", BAD)
+def test_bad_options_raise_clear_errors(factory, options, message):
     with pytest.raises(ValueError, match=message):
-        make(sde_lib.VPSDE())
+        FACTORIES[factory](sde_lib.VPSDE(), (2, 2), **options)
 
 
 def test_bad_inputs_raise_clear_errors():

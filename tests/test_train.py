@@ -9,8 +9,7 @@ import pytest
 from training_helpers import max_abs_diff, tiny_toy_config
 
 from configs.digits import get_config as digits_config
-from score_sde_jax import analytic, checkpoints, logging_utils, losses, run_lib, sampling, sde_lib
-from score_sde_jax import train_lib
+from score_sde_jax import analytic, checkpoints, logging_utils, losses, run_lib, sampling, sde_lib, train_lib
 from score_sde_jax.data.toy import gaussian_mixture_from_config
 from score_sde_jax.models import utils as mutils
 
@@ -23,9 +22,10 @@ def test_training_lowers_the_loss_and_brings_samples_to_the_data(tmp_path):
         "model.nf": 64, "model.num_layers": 2, "model.ema_rate": 0.9, "model.num_scales": 100,
         "training.batch_size": 128, "training.n_iters": 200, "training.log_freq": 50,
         "training.snapshot_freq": 200, "training.snapshot_freq_for_preemption": 100,
-        "optim.lr": 3e-3, "optim.warmup": 20})
+        "optim.lr": 3e-3, "optim.warmup": 20, "data.dataset": "GMM"})
     untrained = train_lib.create_train_state(config, jax.random.PRNGKey(config.seed))
-    trained = jax.device_get(run_lib.train(config, str(tmp_path)))
+    one_device = train_lib.make_mesh(jax.devices()[:1])  # 8-device runs: the tests below
+    trained = jax.device_get(run_lib.train(config, str(tmp_path), mesh=one_device))
     assert int(trained.step) == 200
     assert [r["step"] for r in logging_utils.read_metrics(tmp_path)] == [50, 100, 150, 200]
 
@@ -38,10 +38,10 @@ def test_training_lowers_the_loss_and_brings_samples_to_the_data(tmp_path):
     loss_after = float(loss_fn(trained.params, jax.random.PRNGKey(8), batch)[0])
     assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
 
-    sampler = sampling.get_sampling_fn(config, sde, (2000, 2), eps)
+    sampler = sampling.get_sampling_fn(config, sde, (1000, 2), eps)
     draw = jax.jit(lambda params: sampler(jax.random.PRNGKey(1), mutils.get_score_fn(
         sde, model, {"params": params}, continuous=True))[0])
-    ref = gmm.sample(jax.random.PRNGKey(5), 2000)
+    ref = gmm.sample(jax.random.PRNGKey(5), 1000)
     before, after = draw(untrained.params_ema), draw(trained.params_ema)
     loglik_before, loglik_after = (float(jnp.mean(gmm.log_prob(x))) for x in (before, after))
     sw_key = jax.random.PRNGKey(2)
@@ -78,10 +78,10 @@ def test_data_parallel_step_equals_the_single_device_step():
     config = tiny_toy_config(**{"model.dropout": 0.3, "optim.warmup": 1})
     one = _run_steps(config, jax.devices()[:1])
     eight = _run_steps(config, jax.devices())
-    scanned = _run_steps(config, jax.devices(), n_jitted=3)
+    scanned = _run_steps(config, jax.devices()[:1], n_jitted=3)
     assert max_abs_diff(one.params, eight.params) <= 1e-5
     assert max_abs_diff(one.params_ema, eight.params_ema) <= 1e-5
-    assert max_abs_diff(eight.params, scanned.params) <= 1e-6
+    assert max_abs_diff(one.params, scanned.params) <= 1e-6
     assert max_abs_diff(one.params, train_lib.create_train_state(
         config, jax.random.PRNGKey(0)).params) > 1e-3  # the updates did move the weights
 

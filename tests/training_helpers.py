@@ -21,12 +21,13 @@ TINY = {
     "model.nf": 32, "model.num_layers": 1, "training.batch_size": 64, "training.n_iters": 20,
     "training.log_freq": 5, "training.eval_freq": 1000, "training.snapshot_freq": 10,
     "training.snapshot_freq_for_preemption": 5, "training.snapshot_sampling": False,
-    "optim.warmup": 5, "data.prefetch": 0,
+    "optim.warmup": 5, "data.prefetch": 0, "data.dataset": "CHECKERBOARD",  # numpy-sampled
 }
 
 
 def tiny_toy_config(**overrides):
-    """configs/toy_gmm.py with TINY and ``overrides`` ({'training.n_iters': 5, ...})."""
+    """configs/toy_gmm.py with TINY and ``overrides`` ({'training.n_iters': 5, ...}); the data
+    are the 2-D checkerboard unless ``'data.dataset': 'GMM'``."""
     config = toy_gmm_config()
     for key, value in {**TINY, **overrides}.items():
         section, name = key.split(".")

@@ -61,7 +61,7 @@ def init_model(rng: Array, config, batch_size: int = 1) -> dict:
     """Initial variables of ``get_model(config)`` for inputs of ``data_shape(config)``."""
     model = get_model(config)
     x = jnp.zeros((batch_size, *data_shape(config)), jnp.float32)
-    labels = jnp.zeros((batch_size,), jnp.int32)
+    labels = jnp.ones((batch_size,), jnp.int32)  # label 0 would be log(0) for Fourier embeddings
     rng_params, rng_dropout = jax.random.split(rng)
     return model.init({"params": rng_params, "dropout": rng_dropout}, x, labels, train=False)
 

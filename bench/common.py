@@ -1,0 +1,108 @@
+"""Shared helpers of the bench/ scripts: timing, the small conv-net score model, the data, tables.
+
+Timing: :func:`best_time` runs a function once to warm up (compile), then ``repeats`` times,
+blocking on every output (``jax.block_until_ready``), and returns the fastest wall time: the
+least disturbed by other processes on a shared machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from score_sde_jax import sde_lib  # noqa: E402
+from score_sde_jax.convert import load_config  # noqa: E402
+from score_sde_jax.models import utils as mutils  # noqa: E402
+
+TINY_CONFIG = "configs/tiny/tiny_ddpmpp.py"
+
+
+def timed(fn: Callable, *args) -> tuple[float, object]:
+    """(wall seconds, output) of one call, blocking until the output is computed."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start, out
+
+
+def best_time(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> tuple[float, object]:
+    """(fastest of ``repeats`` timed calls after ``warmup`` untimed ones, last output)."""
+    out = None
+    for _ in range(warmup):
+        out = jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        seconds, out = timed(fn, *args)
+        times.append(seconds)
+    return min(times), out
+
+
+def machine() -> str:
+    """One line: date, CPU / accelerator, core count, jax version."""
+    dev = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    return (f"{datetime.date.today().isoformat()}, {dev.platform} ({dev.device_kind}), {cpu}, "
+            f"{os.cpu_count()} cores, jax {jax.__version__}")
+
+
+def tiny_conv_model(sde_name: str = "vpsde", init_scale: float = 1.0, num_scales: int | None = None):
+    """The tiny DDPM++ of ``configs/tiny/tiny_ddpmpp.py`` (16×16×1, ~190 k parameters), untrained.
+
+    ``model.init_scale`` = 1 instead of the config's 0 so the network's output is not ~0 at
+    initialization (a zero output would make every ODE trivially easy). Returns
+    ``(config, sde, eps, variables, score(variables, x, t))``; ``score`` takes the parameters as
+    an argument so jitted callers do not bake them in as constants. ``num_scales``: the SDE's N.
+    """
+    config = load_config(os.path.join(ROOT, TINY_CONFIG))
+    config.training.sde = sde_name
+    if num_scales is not None:
+        config.model.num_scales = num_scales
+    config.model.init_scale = init_scale
+    model = mutils.get_model(config)
+    variables = mutils.init_model(jax.random.PRNGKey(0), config)
+    sde, eps = sde_lib.get_sde(config)
+
+    def score(variables, x, t):
+        return mutils.get_score_fn(sde, model, variables, continuous=True)(x, t)
+
+    return config, sde, eps, variables, score
+
+
+def digits_batch(batch: int, size: int = 16, centered: bool = True) -> jax.Array:
+    """``batch`` scikit-learn digits (the test split's first ones), resized to size×size×1,
+    in [−1, 1] (``centered``) or [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[-batch:].astype(np.float32) / 16.0
+    x = jax.image.resize(jnp.asarray(images)[..., None], (batch, size, size, 1), "bilinear")
+    x = jnp.clip(x, 0.0, 1.0)
+    return 2.0 * x - 1.0 if centered else x
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence], notes: Sequence[str] = ()):
+    """Print one right-aligned text table (first column left-aligned) with a title and notes."""
+    cells = [[str(h) for h in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(r):
+        pairs = enumerate(zip(r, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
+    print(title)
+    print(line(cells[0]))
+    print("-" * len(line(cells[0])))
+    for r in cells[1:]:
+        print(line(r))
+    for note in notes:
+        print(note)
