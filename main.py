@@ -30,7 +30,7 @@ flags.DEFINE_enum("mode", None, list(MODES), "Running mode: train, eval or sampl
 flags.DEFINE_string("eval_folder", "eval", "Folder (under workdir) for evaluation results.")
 flags.DEFINE_integer("num_samples", None, "sample mode: number of samples "
                      "(default config.eval.batch_size).")
-flags.DEFINE_integer("step", None, "eval / sample mode: checkpoint step (default: the latest).")
+flags.DEFINE_integer("step", None, "sample mode: checkpoint step (default: the latest).")
 flags.DEFINE_string("sample_dir", None, "sample mode: output folder (default workdir/samples).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
                   "GPU/CPU clusters; Cloud TPU pods and SLURM are detected automatically, else "

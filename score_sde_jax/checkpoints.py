@@ -133,6 +133,8 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         meta = {"step": step, "config": _config_json(config)}
         tree = jax.tree_util.tree_map(_host_copy, serialization.to_state_dict(state))
+        if step in all_steps(self.directory):  # e.g. an unreadable one training resumed before
+            self._manager.delete(step)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), meta=_MetaSave(meta)), force=True)
         self._manager.wait_until_finished()
@@ -171,7 +173,7 @@ def _flat(tree: Mapping) -> dict[str, Any]:
     return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree, keep_empty_nodes=False).items()}
 
 
-def _config_differences(saved: Any, config) -> list[str]:
+def config_differences(saved: Any, config) -> list[str]:
     """'key=saved (now new)' for the config leaves that differ (model / data keys first)."""
     if not isinstance(saved, Mapping) or config is None:
         return []
@@ -196,7 +198,7 @@ def _check_tree(path: Path, saved: Mapping, template: Mapping, config) -> None:
     message = f"checkpoint {path} does not fit the model built from the config: {problems[0]}"
     if len(problems) > 1:
         message += f" (and {len(problems) - 1} more mismatched entries)"
-    diffs = _config_differences(read_meta(path.parent, int(path.name)).get("config"), config)
+    diffs = config_differences(read_meta(path.parent, int(path.name)).get("config"), config)
     if diffs:
         message += "; it was trained with " + ", ".join(diffs[:_MAX_LISTED])
     raise MismatchedCheckpointError(message)

@@ -71,12 +71,12 @@ def _train(config, workdir: Path):
 
 
 def _table(rows: list[tuple[str, str, str]]) -> None:
-    print(f"  {'':34s} {'untrained':>12s} {'trained':>12s}")
+    print(f"  {'':44s} {'untrained':>11s} {'trained':>9s}")
     for name, a, b in rows:
-        print(f"  {name:34s} {a:>12s} {b:>12s}")
+        print(f"  {name:44s} {a:>11s} {b:>9s}")
 
 
-def toy(workdir: Path, steps: int, n: int = 2000) -> dict[str, float]:
+def toy(workdir: Path, steps: int, n: int = 1000) -> dict[str, float]:
     from score_sde_jax.data.toy import gaussian_mixture_from_config
 
     config = _config("toy_gmm")
@@ -85,6 +85,7 @@ def toy(workdir: Path, steps: int, n: int = 2000) -> dict[str, float]:
     t.snapshot_freq = t.snapshot_freq_for_preemption = max(steps // 4, 1)
     t.snapshot_sampling = False
     config.model.ema_rate = 0.99  # the paper's 0.999 averages over more steps than a demo runs
+    config.model.num_scales = 500  # Euler-Maruyama steps of the sampler
     print(f"\n== 2-D Gaussian mixture, MLP score network, VP SDE: {steps} steps "
           f"(batch {t.batch_size}) in {workdir}")
     untrained, trained, seconds = _train(config, workdir)

@@ -101,11 +101,10 @@ class _Feed:
     """A background thread turning local batches into global device batches, one per call of
     the train step (stacked (n, B, ...) when a call runs n > 1 updates)."""
 
-    def __init__(self, batches: Iterator[dict], sizes: Iterator[int], mesh, k: int, depth: int = 2):
+    def __init__(self, batches: Iterator[dict], sizes: Iterator[int], mesh, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(batches, sizes, mesh, k),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(batches, sizes, mesh), daemon=True)
         self._thread.start()
 
     def _put(self, item) -> bool:
@@ -117,13 +116,13 @@ class _Feed:
                 continue
         return False
 
-    def _run(self, batches, sizes, mesh, k) -> None:
+    def _run(self, batches, sizes, mesh) -> None:
         try:
             for n in sizes:
                 parts = [next(batches) for _ in range(n)]
-                local = parts[0] if k == 1 else {key: np.stack([p[key] for p in parts])
+                local = parts[0] if n == 1 else {key: np.stack([p[key] for p in parts])
                                                  for key in parts[0]}
-                if not self._put(train_lib.make_global_batch(local, mesh, stacked=k > 1)):
+                if not self._put(train_lib.make_global_batch(local, mesh, stacked=n > 1)):
                     return
         except BaseException as e:  # noqa: BLE001 -- re-raised in the training loop
             self._put(e)
@@ -147,9 +146,20 @@ def _restore_latest(template, workdir: str, config):
     found.sort(key=lambda x: (x[0], x[1].name == checkpoints.PREEMPTION_DIR), reverse=True)
     for step, directory in found:
         try:
-            return checkpoints.restore(directory, template, step, config=config), directory / str(step)
+            state = checkpoints.restore(directory, template, step, config=config)
         except checkpoints.CorruptCheckpointError as e:
             logging.warning("%s; trying an older checkpoint", e)
+            continue
+        try:
+            saved = checkpoints.read_meta(directory, step).get("config")
+        except checkpoints.CheckpointError:
+            saved = None
+        changed = [d for d in checkpoints.config_differences(saved, config)
+                   if not d.startswith(("training.n_iters", "eval."))]
+        if changed:
+            logging.warning("the config differs from the one checkpoint %s was written with: %s",
+                            directory / str(step), "; ".join(changed[:8]))
+        return state, directory / str(step)
     if found:
         raise checkpoints.CorruptCheckpointError(
             f"none of the checkpoints in {workdir} is readable (steps {[s for s, _ in found]}); "
@@ -234,7 +244,7 @@ def train(config, workdir: str, mesh=None) -> train_lib.TrainState:
                                      seed=segment_seed(config, start, salt=0xE7A))
     sample = t.get("snapshot_sampling", False) and t.get("task", "score") == "score"
     sampler = _make_sampler(config, mesh) if sample else None
-    feed = _Feed(local_batches(config, start), chunk_sizes(start, n_iters, k), mesh, k)
+    feed = _Feed(local_batches(config, start), chunk_sizes(start, n_iters, k), mesh)
     writer = logging_utils.MetricWriter(workdir)
     progress = logging_utils.Progress(start, n_iters)
     step, pending = start, None

@@ -73,6 +73,8 @@ def test_mismatched_checkpoint_names_path_key_and_config(tmp_path, state):
     assert "model.nf=32 (now 16)" in msg
 
 
+# orbax leaves a tensorstore task behind when a read fails; its late error is not ours
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_missing_and_corrupt_checkpoints_are_reported_by_name(tmp_path, state):
     with pytest.raises(checkpoints.CheckpointNotFoundError, match="no complete checkpoint in"):
         checkpoints.restore(tmp_path / "nothing", state)
@@ -86,6 +88,8 @@ def test_missing_and_corrupt_checkpoints_are_reported_by_name(tmp_path, state):
         checkpoints.restore(tmp_path, state)
 
 
+# orbax leaves a tensorstore task behind when a read fails; its late error is not ours
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_training_resumes_from_an_older_checkpoint_when_the_latest_is_corrupt(tmp_path, state, caplog):
     config = tiny_toy_config(**{"training.n_iters": 5})
     snapshots, preemption = checkpoints.step_dirs(tmp_path)
@@ -102,7 +106,7 @@ def test_training_resumes_from_an_older_checkpoint_when_the_latest_is_corrupt(tm
         run_lib.train(config, str(tmp_path))
 
 
-def _wait_for(predicate, proc, timeout=90.0):
+def _wait_for(predicate, proc, timeout=240.0):
     start = time.monotonic()
     while not predicate():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -131,7 +135,7 @@ def test_kill_during_and_after_checkpoints_then_resume_gives_the_same_params(tmp
 
     # 1. killed right after the preemption checkpoint of step 10 is complete
     proc = start("after:10:120")
-    _wait_for(lambda: (meta / "10").is_dir(), proc)
+    _wait_for(lambda: checkpoints.all_steps(meta) == [10], proc)  # 5 deleted, 10 complete
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
