@@ -32,6 +32,16 @@ flags.DEFINE_integer("num_samples", None, "sample mode: number of samples "
                      "(default config.eval.batch_size).")
 flags.DEFINE_integer("step", None, "sample mode: checkpoint step (default: the latest).")
 flags.DEFINE_string("sample_dir", None, "sample mode: output folder (default workdir/samples).")
+flags.DEFINE_string("inpaint_image", None, "sample mode: inpaint this image (PNG/npz; with "
+                    "--inpaint_mask, 1 = known pixel).")
+flags.DEFINE_string("inpaint_mask", None, "sample mode: mask for --inpaint_image (PNG/npz).")
+flags.DEFINE_string("colorize_image", None, "sample mode: colorize this grayscale image (PNG/npz).")
+flags.DEFINE_integer("class_label", None, "sample mode: sample this class with classifier guidance.")
+flags.DEFINE_string("classifier_workdir", None, "sample mode: workdir of the noise-conditional "
+                    "classifier used with --class_label.")
+config_flags.DEFINE_config_file("classifier_config", None, "sample mode: the classifier's config "
+                                "(default: read from its checkpoint).")
+flags.DEFINE_float("guidance_scale", 1.0, "sample mode: scale of the classifier gradient.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
                   "GPU/CPU clusters; Cloud TPU pods and SLURM are detected automatically, else "
                   "set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).")
@@ -92,10 +102,35 @@ def run(config, workdir: str, mode: str) -> None:
     elif mode == "eval":
         run_lib.evaluate(config, workdir, FLAGS.eval_folder)
     else:
-        num = FLAGS.num_samples or int(config.eval.batch_size)
-        out = FLAGS.sample_dir or os.path.join(workdir, "samples")
-        paths = run_lib.sample(config, workdir, num, out, step=FLAGS.step)
-        print(f"wrote {paths}")
+        print(f"wrote {_sample(config, workdir)}")
+
+
+def _sample(config, workdir: str) -> dict:
+    """Plain, inpainting, colorization or class-conditional sampling, as the flags ask."""
+    from score_sde_jax import controllable_cli, run_lib
+
+    num = FLAGS.num_samples or int(config.eval.batch_size)
+    out = FLAGS.sample_dir or os.path.join(workdir, "samples")
+    chosen = [name for name in ("inpaint_image", "colorize_image", "class_label")
+              if getattr(FLAGS, name) is not None]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one of --inpaint_image, --colorize_image, --class_label; got {chosen}")
+    if FLAGS.inpaint_mask is not None and FLAGS.inpaint_image is None:
+        raise ValueError("--inpaint_mask needs --inpaint_image")
+    if FLAGS.inpaint_image is not None:
+        if FLAGS.inpaint_mask is None:
+            raise ValueError("--inpaint_image needs --inpaint_mask")
+        return controllable_cli.inpaint(config, workdir, FLAGS.inpaint_image, FLAGS.inpaint_mask, out,
+                                        step=FLAGS.step)
+    if FLAGS.colorize_image is not None:
+        return controllable_cli.colorize(config, workdir, FLAGS.colorize_image, out, step=FLAGS.step)
+    if FLAGS.class_label is not None:
+        if FLAGS.classifier_workdir is None:
+            raise ValueError("--class_label needs --classifier_workdir")
+        return controllable_cli.sample_class(
+            config, workdir, FLAGS.classifier_workdir, FLAGS.class_label, FLAGS.guidance_scale, out,
+            num_samples=num, classifier_config=FLAGS.classifier_config, step=FLAGS.step)
+    return run_lib.sample(config, workdir, num, out, step=FLAGS.step)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,20 @@ def test_bad_command_lines_are_one_line_errors(args, expected):
     assert out.stderr == expected + "\n"
 
 
+@pytest.mark.parametrize("args,expected", [
+    (("--inpaint_image=a.png", "--colorize_image=b.png"),
+     "choose one of --inpaint_image, --colorize_image, --class_label; "
+     "got ['inpaint_image', 'colorize_image']"),
+    (("--inpaint_mask=m.png",), "--inpaint_mask needs --inpaint_image"),
+    (("--inpaint_image=a.png",), "--inpaint_image needs --inpaint_mask"),
+    (("--class_label=1",), "--class_label needs --classifier_workdir"),
+])
+def test_controllable_sample_flags_are_checked(tmp_path, args, expected):
+    out = _main(TOY, f"--workdir={tmp_path}", "--mode=sample", *args)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1].startswith(f"main.py: error: ValueError: {expected}")
+
+
 def test_bad_config_value_is_a_one_line_error(tmp_path):
     out = _main(TOY, "--config.training.sde=vp", f"--workdir={tmp_path}", "--mode=train")
     assert out.returncode == 1
