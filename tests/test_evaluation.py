@@ -52,6 +52,15 @@ def test_fid_from_features_uses_unbiased_gaussian_fit():
     assert metrics.fid_from_features(f1, f1) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_fid_from_features_low_rank_path_equals_the_full_formula():
+    """Fewer samples than dimensions: the SVD shortcut equals the D x D formula."""
+    rng = np.random.default_rng(2)
+    f1 = rng.standard_normal((30, 64))
+    f2 = rng.standard_normal((40, 64)) * 1.5 + 0.2
+    expected = metrics.frechet_distance(f1.mean(0), np.cov(f1.T), f2.mean(0), np.cov(f2.T))
+    assert metrics.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-6)
+
+
 def test_fid_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="sigma2"):
         metrics.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(3))

@@ -68,11 +68,23 @@ def frechet_distance(
 
 
 def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """FID between two sets of Inception pool features, (N1, D) and (N2, D)."""
+    """FID between two sets of Inception pool features, (N1, D) and (N2, D).
+
+    With fewer samples than dimensions the covariances S = XᵀX / (N − 1) (X centered) have low
+    rank, and the non-zero eigenvalues of S1 S2 are the squared singular values of
+    X1 X2ᵀ / √((N1 − 1)(N2 − 1)): then tr (S1 S2)^½ is their sum, computed without any D × D
+    matrix (exact, and much cheaper than two D × D eigendecompositions).
+    """
     f1, f2 = _features(features1, "features1"), _features(features2, "features2")
     if f1.shape[1] != f2.shape[1]:
         raise ValueError(f"feature dimensions differ: {f1.shape} vs {f2.shape}")
-    return frechet_distance(*gaussian_statistics(f1), *gaussian_statistics(f2))
+    if max(len(f1), len(f2)) >= f1.shape[1]:
+        return frechet_distance(*gaussian_statistics(f1), *gaussian_statistics(f2))
+    x1, x2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    n1, n2 = len(f1) - 1, len(f2) - 1
+    tr_covmean = np.linalg.svd(x1 @ x2.T / np.sqrt(n1 * n2), compute_uv=False).sum()
+    diff = f1.mean(0) - f2.mean(0)
+    return float(diff @ diff + (x1**2).sum() / n1 + (x2**2).sum() / n2 - 2.0 * tr_covmean)
 
 
 def inception_score(logits: np.ndarray, splits: int = 10, return_std: bool = False):
