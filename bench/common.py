@@ -79,15 +79,41 @@ def tiny_conv_model(sde_name: str = "vpsde", init_scale: float = 1.0, num_scales
     return config, sde, eps, variables, score
 
 
-def digits_batch(batch: int, size: int = 16, centered: bool = True) -> jax.Array:
-    """``batch`` scikit-learn digits (the test split's first ones), resized to size×size×1,
-    in [−1, 1] (``centered``) or [0, 1]."""
+def digits(split: str = "test", size: int = 16, centered: bool = True) -> jax.Array:
+    """scikit-learn digits (first 1500 train, last 297 test), resized to size×size×1, in [−1, 1]
+    (``centered``) or [0, 1]."""
     from sklearn.datasets import load_digits
 
-    images = load_digits().images[-batch:].astype(np.float32) / 16.0
-    x = jax.image.resize(jnp.asarray(images)[..., None], (batch, size, size, 1), "bilinear")
+    images = load_digits().images.astype(np.float32) / 16.0
+    images = images[:1500] if split == "train" else images[1500:]
+    x = jax.image.resize(jnp.asarray(images)[..., None], (len(images), size, size, 1), "bilinear")
     x = jnp.clip(x, 0.0, 1.0)
     return 2.0 * x - 1.0 if centered else x
+
+
+def train_tiny(sde, variables, score, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0):
+    """``steps`` Adam steps of the continuous DSM loss on the digits train split (a briefly trained
+    model: smooth in t, unlike a random one). Returns the trained variables."""
+    import optax
+
+    from score_sde_jax import losses
+
+    data = digits("train")
+    loss_fn = losses.get_sde_loss_fn(sde, reduce_mean=True)
+    opt = optax.adam(lr)
+
+    @jax.jit
+    def step(variables, opt_state, rng):
+        rng_idx, rng_loss = jax.random.split(rng)
+        x = data[jax.random.randint(rng_idx, (batch,), 0, data.shape[0])]
+        grads = jax.grad(lambda v: loss_fn(rng_loss, lambda y, t: score(v, y, t), x))(variables)
+        updates, opt_state = opt.update(grads, opt_state, variables)
+        return optax.apply_updates(variables, updates), opt_state
+
+    opt_state = opt.init(variables)
+    for key in jax.random.split(jax.random.PRNGKey(seed), steps):
+        variables, opt_state = step(variables, opt_state, key)
+    return variables
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence], notes: Sequence[str] = ()):

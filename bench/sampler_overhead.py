@@ -32,7 +32,8 @@ from score_sde_jax import sampling
 
 def python_loop_pc(sde, score, shape, eps):
     """The official PyTorch sampler's shape: a Python loop over a jitted predictor step."""
-    rsde_of = lambda p: sde.reverse(lambda y, t: score(p, y, t), probability_flow=False)
+    def rsde_of(p):
+        return sde.reverse(lambda y, t: score(p, y, t), probability_flow=False)
 
     @jax.jit
     def step(params, rng, x, t):
@@ -60,8 +61,10 @@ def scipy_ode(sde, score, shape, eps, tol):
 
     def run(params, rng):
         x = np.asarray(sde.prior_sampling(rng, shape), np.float64).reshape(-1)
-        f = lambda t, y: np.asarray(drift(params, jnp.asarray(y.reshape(shape), jnp.float32), t),
-                                    np.float64).reshape(-1)
+        def f(t, y):
+            y = jnp.asarray(y.reshape(shape), jnp.float32)
+            return np.asarray(drift(params, y, t), np.float64).reshape(-1)
+
         sol = integrate.solve_ivp(f, (sde.T, eps), x, rtol=tol, atol=tol, method="RK45")
         return sol.y[:, -1].reshape(shape), sol.nfev
 

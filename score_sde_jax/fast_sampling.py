@@ -381,11 +381,11 @@ def get_adaptive_dpm_solver_sampler(
 @sampling.register_sampling_method("heun")
 def _heun_from_config(config, sde, shape, eps):
     """config.sampling.{num_steps (18), rho (7), s_churn (0), s_tmin (0), s_tmax (inf), s_noise (1),
-    sigma_min (None: σ̃(eps))}."""
+    sigma_min (None or 0: σ̃(eps))}."""
     s = config.sampling
     return get_heun_sampler(sde, shape, s.get("num_steps", 18), s.get("rho", 7.0), s.get("s_churn", 0.0),
                             s.get("s_tmin", 0.0), s.get("s_tmax", float("inf")), s.get("s_noise", 1.0), eps,
-                            s.get("sigma_min", None))
+                            s.get("sigma_min", None) or None)
 
 
 @sampling.register_sampling_method("dpm_solver")
