@@ -158,11 +158,10 @@ def get_heun_sampler(
 
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, int]:
         x0_fn = data_prediction(sampling.check_score_fn(score_fn), schedule)
-        rng, prior_rng = jax.random.split(rng)
         sig_min = schedule.sigma(eps) if sigma_min is None else sigma_min
         sig = karras_sigmas(sig_min, schedule.sigma(sde.T), num_steps, rho)
         gamma = jnp.where((sig >= s_tmin) & (sig <= s_tmax), min(s_churn / num_steps, math.sqrt(2) - 1), 0.0)
-        x = _prior(sde, shape, prior_rng, z) / schedule.mean_coeff(sig[0])
+        x = _prior(sde, shape, rng, z) / schedule.mean_coeff(sig[0])  # the prior draw of dpm_solver, ode
 
         def churn(x, sigma, g, key):
             if s_churn == 0:
@@ -182,7 +181,7 @@ def get_heun_sampler(
             x_euler = x + (sigma_next - sigma_hat) * d
             return x + (sigma_next - sigma_hat) * 0.5 * (d + denoised_slope(x_euler, sigma_next)), None
 
-        keys = jax.random.split(rng, num_steps)
+        keys = jax.random.split(jax.random.fold_in(rng, 1), num_steps)
         x, _ = jax.lax.scan(step, x, (sig[:-1], sig[1:], gamma[:-1], keys[:-1]))
         x, sigma_hat = churn(x, sig[-1], gamma[-1], keys[-1])
         return x0_fn(schedule.mean_coeff(sigma_hat) * x, sigma_hat), 2 * num_steps - 1
