@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check score_sde_jax configs tests bench main.py
+	$(BIN)/ruff check .
 
 # Every sampler on the exact mixture score, then real training of the embedded defaults
 # (2-D mixture + MLP, then 8x8 digits + DDPM++): loss and sample quality, untrained vs trained.

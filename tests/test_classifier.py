@@ -109,8 +109,10 @@ def test_guided_ode_sampling_and_the_negative_control():
 
 
 def test_guided_score_checks_its_inputs():
-    score = lambda x, t: -x
-    logp = lambda x, t: jnp.zeros((x.shape[0], 3))
+    def score(x, t):
+        return -x
+    def logp(x, t):
+        return jnp.zeros((x.shape[0], 3))
     with pytest.raises(ValueError, match="1-D integer"):
         cg.get_guided_score_fn(score, logp, jnp.zeros((4,)))
     guided = cg.get_guided_score_fn(score, logp, jnp.zeros((4,), jnp.int32))

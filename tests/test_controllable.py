@@ -170,7 +170,8 @@ def test_color_transform_round_trips_in_float32():
 def test_colorizer_keeps_the_gray_channel():
     sde = sde_lib.VESDE(sigma_max=5.0, N=50)
     shape = (3, 6, 6, 3)
-    score = lambda x, t: -(x - 0.5) / (0.1**2 + sde.marginal_prob(x, t)[1][:, None, None, None] ** 2)
+    def score(x, t):
+        return -(x - 0.5) / (0.1**2 + sde.marginal_prob(x, t)[1][:, None, None, None] ** 2)
     gray = jax.random.uniform(jax.random.PRNGKey(2), (3, 6, 6, 1))
     colorizer = cg.get_pc_colorizer(sde, shape, eps=1e-5)
     x = jax.jit(lambda r, g: colorizer(r, score, g))(jax.random.PRNGKey(0), gray)
@@ -200,7 +201,8 @@ def test_colorizer_samples_the_exact_conditional():
     noise = _noise(exact, ref)
     sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=2.0, N=500)
     flat_score = gmm.score_fn(sde)
-    score = lambda x, t: flat_score(x.reshape(-1, 3), t).reshape(x.shape)
+    def score(x, t):
+        return flat_score(x.reshape(-1, 3), t).reshape(x.shape)
     colorizer = cg.get_pc_colorizer(sde, (N, 1, 1, 3), eps=1e-5, n_steps=N_STEPS)
     gray = jnp.full((N, 1, 1, 1), g)
     x = jax.jit(lambda r: colorizer(r, score, gray))(jax.random.PRNGKey(0)).reshape(N, 3)
@@ -211,7 +213,8 @@ def test_colorizer_samples_the_exact_conditional():
 def test_shape_errors_name_the_shapes():
     sde = sde_lib.VPSDE(N=10)
     inpainter = cg.get_pc_inpainter(sde, (2, 8, 8, 3))
-    score = lambda x, t: -x
+    def score(x, t):
+        return -x
     good = jnp.zeros((2, 8, 8, 3))
     with pytest.raises(ValueError, match=r"data has shape \(2, 8, 8, 1\).*\(2, 8, 8, 3\)"):
         inpainter(jax.random.PRNGKey(0), score, jnp.zeros((2, 8, 8, 1)), good)

@@ -98,7 +98,8 @@ def test_inception_score_matches_direct_formula():
 def _mmd2_loops(x, y):
     """Unbiased MMD^2 with k(a, b) = (a.b/d + 1)^3, written out term by term."""
     d = x.shape[1]
-    k = lambda a, b: (a @ b / d + 1.0) ** 3
+    def k(a, b):
+        return (a @ b / d + 1.0) ** 3
     m, n = len(x), len(y)
     kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))

@@ -170,7 +170,8 @@ def npz_source(path: str, resize: ResizeOp, size: int, num_channels: int) -> Arr
 
 
 def _folder_files(root: Path) -> tuple[list[Path], list[int]]:
-    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    def is_image(p):
+        return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     loose = sorted(p for p in root.iterdir() if is_image(p))
     classes = sorted(d for d in root.iterdir() if d.is_dir()
                      and any(is_image(p) for p in d.rglob("*")))

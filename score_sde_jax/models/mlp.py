@@ -55,7 +55,8 @@ class MLP(nn.Module):
             raise ValueError(f'labels must have shape {x.shape[:1]}, got {labels.shape}')
         act = get_act(self.config)
         nf = m.nf
-        dense = lambda features, scale=1.0: nn.Dense(features, kernel_init=default_init(scale))
+        def dense(features, scale=1.0):
+            return nn.Dense(features, kernel_init=default_init(scale))
 
         temb = None
         if m.get('conditional', True):

@@ -31,7 +31,8 @@ class MLPClassifier(MLP):
         if labels.shape != x.shape[:1]:
             raise ValueError(f"labels must have shape {x.shape[:1]}, got {labels.shape}")
         act = get_act(self.config)
-        dense = lambda features: nn.Dense(features, kernel_init=default_init())
+        def dense(features):
+            return nn.Dense(features, kernel_init=default_init())
 
         temb = None
         if m.get("conditional", True):
