@@ -10,10 +10,15 @@
   * anything else: an official JAX/Flax checkpoint file ``checkpoint_<n>`` (msgpack) or a
     directory holding such files (the latest is used).
 
+``--workdir DIR`` makes ``DIR`` a training work directory holding the imported weights as the
+checkpoint of their official step (fresh Adam moments): ``main.py --mode sample|eval --workdir DIR``
+uses them, and ``--mode train`` fine-tunes from them.
+
 ``--out DIR`` receives an orbax (StandardCheckpointer) checkpoint of the tree
 ``{'params': ..., 'params_ema': ..., 'step': int}``; restore it with
 ``orbax.checkpoint.StandardCheckpointer().restore(DIR)``. Use ``params_ema`` for sampling and
 evaluation: ``model.apply({'params': tree['params_ema']}, x, labels, train=False)``.
+At least one of ``--workdir`` and ``--out`` is needed.
 """
 
 from __future__ import annotations
@@ -56,15 +61,27 @@ def read_official(checkpoint: str, config) -> dict:
     return {k: state[k] for k in ("params", "params_ema", "step")}
 
 
-def convert(config, checkpoint: str, out: str) -> dict:
-    """Read ``checkpoint`` for ``config``'s network and write it to the orbax directory ``out``."""
+def convert(config, checkpoint: str, out: str | None = None, workdir: str | None = None) -> dict:
+    """Read ``checkpoint`` for ``config``'s network; write it to the orbax directory ``out``
+    and/or as the checkpoint of the training work directory ``workdir``."""
     import orbax.checkpoint as ocp
 
+    if out is None and workdir is None:
+        raise ValueError("give --out (an orbax directory) and/or --workdir (a training work directory)")
     tree = read_official(checkpoint, config)
     tree["step"] = np.asarray(tree["step"], np.int64)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.abspath(out), tree, force=True)
-    checkpointer.wait_until_finished()
+    if out is not None:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.abspath(out), tree, force=True)
+        checkpointer.wait_until_finished()
+    if workdir is not None:
+        from score_sde_jax import checkpoints, train_lib
+
+        state = train_lib.train_state_from_params(config, tree["params"], tree["params_ema"],
+                                                  int(tree["step"]))
+        saver = checkpoints.Checkpointer(checkpoints.step_dirs(workdir)[0])
+        saver.save(state, config)
+        saver.close()
     return tree
 
 
@@ -72,14 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="config file, e.g. configs/ve/....py")
     parser.add_argument("--checkpoint", required=True, help=".pth, .npz or official Flax file")
-    parser.add_argument("--out", required=True, help="output orbax checkpoint directory")
+    parser.add_argument("--out", help="output orbax checkpoint directory")
+    parser.add_argument("--workdir", help="training work directory to write the checkpoint into")
     args = parser.parse_args(argv)
+    if args.out is None and args.workdir is None:
+        parser.error("give --out and/or --workdir")
     config = load_config(args.config)
-    tree = convert(config, args.checkpoint, args.out)
+    tree = convert(config, args.checkpoint, args.out, args.workdir)
     import jax
 
     count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(tree["params"]))
-    print(f"wrote {args.out}: {config.model.name}, {count:,} parameters, step {int(tree['step'])}")
+    where = " and ".join(p for p in (args.out, args.workdir and f"{args.workdir}/checkpoints") if p)
+    print(f"wrote {where}: {config.model.name}, {count:,} parameters, step {int(tree['step'])}")
 
 
 if __name__ == "__main__":

@@ -186,6 +186,16 @@ def _fresh_state_fn(config) -> Callable[[Array], TrainState]:
     return fresh
 
 
+def train_state_from_params(config, params: dict, params_ema: dict, step: int) -> TrainState:
+    """A state holding given (e.g. imported) network parameters: fresh optimizer moments and
+    ``PRNGKey(config.seed)`` as the noise key, so training resumes from it and eval/sample read it."""
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    rng = jnp.asarray(jax.random.PRNGKey(int(config.seed)), jnp.uint32)
+    return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                      opt_state=get_optimizer(config).init(params),
+                      params_ema=jax.tree_util.tree_map(jnp.asarray, params_ema), rng=rng)
+
+
 def create_train_state(config, rng: Array) -> TrainState:
     """Fresh state: network variables from ``rng``, EMA = params, step 0, and ``rng`` itself as
     the base key of the training noise (one jit-compiled computation; on CPU compiled with

@@ -171,6 +171,19 @@ def test_convert_cli_writes_orbax(case, tmp_path, monkeypatch, capsys):
     convert.main(["--config", str(config_file), "--checkpoint", str(tmp_path / "checkpoint_5"),
                   "--out", str(tmp_path / "out_flax")])
     assert "step 1300000" in capsys.readouterr().out
+    # --workdir: a training work directory that eval / sample / training resume read.
+    from score_sde_jax import eval_lib, train_lib
+
+    workdir = tmp_path / "workdir"
+    convert.main(["--config", str(config_file), "--checkpoint", npz, "--workdir", str(workdir)])
+    assert f"{workdir}/checkpoints" in capsys.readouterr().out
+    ema, step = eval_lib.load_ema_params(config, workdir)
+    assert_same_tree(ema, params)
+    state = train_lib.train_state_from_params(config, params, params, 0)
+    assert jax.tree_util.tree_structure(state.opt_state) == jax.tree_util.tree_structure(
+        train_lib.abstract_train_state(config).opt_state)
+    with pytest.raises(SystemExit):
+        convert.main(["--config", str(config_file), "--checkpoint", npz])
     # A .pth without PyTorch installed: a clear message.
     pth = tmp_path / "checkpoint_8.pth"
     pth.write_bytes(b"")
