@@ -127,7 +127,7 @@ def _unknown_part_langevin(snr: float, n_steps: int, unknown: Transform) -> samp
     would otherwise shrink the steps (see :func:`get_pc_inpainter`)."""
 
     def corrector(rng, x, t, score_fn, sde, rsde):
-        alpha = sampling._langevin_alpha(sde, t)
+        alpha = sampling.langevin_alpha(sde, t)
 
         def norm(a):
             return jnp.mean(jnp.linalg.norm(unknown(a).reshape(a.shape[0], -1), axis=-1))
@@ -136,7 +136,7 @@ def _unknown_part_langevin(snr: float, n_steps: int, unknown: Transform) -> samp
             g = norm(grad)
             return jnp.where(g > 0, 2.0 * alpha * (snr * norm(z) / jnp.where(g > 0, g, 1.0)) ** 2, 0.0)
 
-        return sampling._langevin_steps(rng, x, t, score_fn, sde, snr, n_steps, step_size)
+        return sampling.langevin_steps(rng, x, t, score_fn, n_steps, step_size)
 
     return corrector
 

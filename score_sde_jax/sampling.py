@@ -90,15 +90,20 @@ PREDICTORS: dict[str, Update] = {
 
 
 # --------------------------------------------------------------------------- correctors
-def _langevin_alpha(sde: sde_lib.SDE, t: Array) -> Array:
-    """α_i of the DDPM table for VP / sub-VP, 1 for VE: shape (B,)."""
+def langevin_alpha(sde: sde_lib.SDE, t: Array) -> Array:
+    """α_i of the DDPM table for VP / sub-VP, 1 for VE; t: (B,) -> (B,). The factor of every
+    Langevin step size (SPEC: ε = 2 α (r ‖z‖ / ‖s‖)²)."""
     if isinstance(sde, sde_lib.VPSDE):
         return sde.alphas[step_index(t, sde.N, sde.T)]
     return jnp.ones_like(t)
 
 
-def _langevin_steps(rng, x, t, score_fn, sde, snr, n_steps, step_size_fn):
-    """n_steps of x_mean = x + ε s(x, t); x = x_mean + √(2ε) z, ε from ``step_size_fn``."""
+def langevin_steps(rng: Array, x: Array, t: Array, score_fn: ScoreFn, n_steps: int,
+                   step_size_fn: Callable[[Array, Array], Array]) -> tuple[Array, Array]:
+    """``n_steps`` Langevin steps at fixed t (B,): x_mean = x + ε s(x, t), x = x_mean + √(2ε) z.
+
+    ``step_size_fn(s, z) -> ε`` (scalar or (B,)) from the score and the noise of the step: the
+    hook every corrector (and the inpainter's) plugs its step-size rule into. Returns (x, x_mean)."""
 
     def body(_, carry):
         rng, x, _ = carry
@@ -115,7 +120,7 @@ def _langevin_steps(rng, x, t, score_fn, sde, snr, n_steps, step_size_fn):
 
 def langevin(rng, x, t, score_fn, sde, rsde, snr: float, n_steps: int):
     """ε = 2 α (snr ‖z‖ / ‖s‖)², norms per sample over D, averaged over the batch."""
-    alpha = _langevin_alpha(sde, t)
+    alpha = langevin_alpha(sde, t)
 
     def step_size(grad, z):
         def norm(a):
@@ -123,15 +128,15 @@ def langevin(rng, x, t, score_fn, sde, rsde, snr: float, n_steps: int):
 
         return 2.0 * alpha * (snr * norm(z) / norm(grad)) ** 2
 
-    return _langevin_steps(rng, x, t, score_fn, sde, snr, n_steps, step_size)
+    return langevin_steps(rng, x, t, score_fn, n_steps, step_size)
 
 
 def annealed_langevin_dynamics(rng, x, t, score_fn, sde, rsde, snr: float, n_steps: int):
     """NCSN's annealed Langevin dynamics: ε = 2 α (snr · std(t))²."""
-    alpha = _langevin_alpha(sde, t)
+    alpha = langevin_alpha(sde, t)
     std = sde.marginal_prob(x, t)[1]
-    return _langevin_steps(
-        rng, x, t, score_fn, sde, snr, n_steps, lambda grad, z: 2.0 * alpha * (snr * std) ** 2
+    return langevin_steps(
+        rng, x, t, score_fn, n_steps, lambda grad, z: 2.0 * alpha * (snr * std) ** 2
     )
 
 
