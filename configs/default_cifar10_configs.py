@@ -5,7 +5,7 @@ what differs, so every config carries the keys the code reads (and ml_collection
 overrides, which need existing keys, reach all of them).
 
 Keys beyond the official ones, read by this project:
-  sampling.method      'pc' | 'ode' (later 'heun', 'dpm_solver'); the experiment files set it.
+  sampling.method      'pc' | 'ode' | 'heun' | 'dpm_solver'; the experiment files set it.
   sampling.rtol/atol   tolerances of the probability-flow ODE solver (official: RK45, 1e-5).
   sampling.solver      diffrax solver name for the ODE sampler ('dopri5' is scipy's RK45).
   eval.inception_path  local Inception-v3 weight file for FID / IS / KID ('' = not set).
@@ -13,6 +13,7 @@ Keys beyond the official ones, read by this project:
   eval.bpd_num_repeats dequantization repeats of the bits/dim evaluation (official: 5).
   eval.hutchinson_type trace estimator of the likelihood: 'rademacher' | 'gaussian' | 'exact'.
   eval.likelihood_rtol/atol/eps  ODE tolerances and start time of the likelihood (1e-5).
+  eval.likelihood_solver         diffrax solver of the likelihood ODE ('dopri5', as the official RK45).
   training.task        training objective registered in train_lib ('score').
   data.prefetch        batches prepared ahead by a background thread.
   data.source          'tfds' | 'npz' | 'folder' | 'digits' | 'toy'.
@@ -64,6 +65,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = 'test'
     evaluate.bpd_num_repeats = 5
     evaluate.hutchinson_type = 'rademacher'
+    evaluate.likelihood_solver = 'dopri5'
     evaluate.likelihood_rtol = 1e-5
     evaluate.likelihood_atol = 1e-5
     evaluate.likelihood_eps = 1e-5

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from score_sde_jax import controllable_generation as cg
-from score_sde_jax import datasets, sde_lib
+from score_sde_jax import datasets, sampling, sde_lib
 from score_sde_jax import eval_io as io
 from score_sde_jax.eval_lib import load_ema_params
 from score_sde_jax.eval_steps import as_variables, is_flat, score_fn_builder
@@ -270,8 +270,9 @@ def sample_class(config, workdir: str | Path, classifier_workdir: str | Path, la
 
     def make(batch):
         if str(s.method).lower() == "ode":
+            solver = s.get("solver", sampling.DEFAULT_SOLVER)
             fn = cg.get_ode_conditional_sampler(sde, (batch, *shape), s.get("rtol", 1e-5),
-                                                s.get("atol", 1e-5), s.get("solver", "tsit5"), eps)
+                                                s.get("atol", 1e-5), solver, eps)
         else:
             kw = _pc_kwargs(config)
             fn = cg.get_pc_conditional_sampler(sde, (batch, *shape), kw["predictor"], kw["corrector"],

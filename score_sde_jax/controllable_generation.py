@@ -317,7 +317,7 @@ def get_ode_conditional_sampler(
     shape: tuple[int, ...],
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    solver: str = "tsit5",
+    solver: str = sampling.DEFAULT_SOLVER,
     eps: float = 1e-3,
     denoise: bool = False,
 ) -> Callable[..., tuple[Array, Array]]:

@@ -24,7 +24,7 @@ SAMPLERS = (
     ("PC euler_maruyama", dict(predictor="euler_maruyama", corrector="none")),
     ("PC reverse_diffusion+langevin", dict(predictor="reverse_diffusion", corrector="langevin")),
     ("PC ancestral_sampling", dict(predictor="ancestral_sampling", corrector="none")),
-    ("ODE tsit5", None),
+    ("ODE dopri5", None),
 )
 
 

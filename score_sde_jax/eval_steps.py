@@ -82,7 +82,7 @@ def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn]
     lik = likelihood.get_likelihood_fn(
         sde, hutchinson_type=ev.get("hutchinson_type", "rademacher"),
         rtol=ev.get("likelihood_rtol", 1e-5), atol=ev.get("likelihood_atol", 1e-5),
-        eps=ev.get("likelihood_eps", 1e-5))
+        eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", sampling.DEFAULT_SOLVER))
     scaler = datasets.get_data_scaler(config)
     dim = math.prod(mutils.data_shape(config))
     offset = bpd_offset(config)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import sde_lib
+from score_sde_jax import sampling, sde_lib
 from score_sde_jax.sampling import check_score_fn, solve_ode
 
 Array = jax.Array
@@ -30,7 +30,7 @@ def get_likelihood_fn(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
-    solver: str = "tsit5",
+    solver: str = sampling.DEFAULT_SOLVER,
     max_steps: int = 4096,
 ) -> Callable[[Array, Callable, Array], tuple[Array, Array, Array]]:
     """``lik(rng, score_fn, x) -> (logp (B,), z (B, *D), nfe (B,))``.
