@@ -8,6 +8,10 @@ Keys beyond the official ones, read by this project:
   sampling.method      'pc' | 'ode' | 'heun' | 'dpm_solver'; the experiment files set it.
   sampling.rtol/atol   tolerances of the probability-flow ODE solver (official: RK45, 1e-5).
   sampling.solver      diffrax solver name for the ODE sampler ('dopri5' is scipy's RK45).
+  sampling.num_steps, order, skip_type, lower_order_final, adaptive, adaptive_rtol/atol, rho,
+  s_churn, s_tmin, s_tmax, s_noise, sigma_min
+                       the few-step samplers 'heun' (2·num_steps − 1 NFE) and 'dpm_solver'
+                       (num_steps NFE, + 1 with noise_removal); see score_sde_jax/fast_sampling.py.
   eval.inception_path  local Inception-v3 weight file for FID / IS / KID ('' = not set).
   eval.ref_stats_path  cached Inception statistics of the data set ('' = under the eval dir).
   eval.bpd_num_repeats dequantization repeats of the bits/dim evaluation (official: 5).
@@ -53,6 +57,19 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.rtol = 1e-5
     sampling.atol = 1e-5
     sampling.solver = 'dopri5'
+    sampling.num_steps = 20
+    sampling.order = 2
+    sampling.skip_type = 'logsnr'
+    sampling.lower_order_final = True
+    sampling.adaptive = False
+    sampling.adaptive_rtol = 0.05
+    sampling.adaptive_atol = 0.0078
+    sampling.rho = 7.0
+    sampling.s_churn = 0.0
+    sampling.s_tmin = 0.0
+    sampling.s_tmax = float('inf')
+    sampling.s_noise = 1.0
+    sampling.sigma_min = 0.0  # 0: the SDE's sigma at t = eps
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9

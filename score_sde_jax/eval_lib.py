@@ -350,8 +350,9 @@ def sample(config, workdir: str | Path, num_samples: int, out_dir: str | Path,
 
     Writes ``{out_dir}/samples_{method}_step_{step}.npz`` -- images: ``samples`` uint8
     (N, H, W, C) and ``samples_float`` float32 (N, H, W, C) in data space ([0, 1] up to sampling
-    error, unclipped); flat data: ``samples`` float32 (N, D) -- and a ``.png``: an image grid, or
-    a scatter plot of 2-D points. Returns ``{'npz': path, 'png': path}``.
+    error, unclipped); flat data: ``samples`` float32 (N, D); and ``nfe`` (batches,), the network
+    evaluations of each batch -- and a ``.png``: an image grid, or a scatter plot of 2-D points.
+    Returns ``{'npz': path, 'png': path}``.
     """
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
@@ -360,19 +361,25 @@ def sample(config, workdir: str | Path, num_samples: int, out_dir: str | Path,
     batch = min(int(num_samples), int(config.eval.batch_size))
     sample_fn = get_sample_fn(config, sde, score_fn_builder(config, sde), batch, sampling_eps)
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), step)
-    parts = [np.asarray(sample_fn(params, jax.random.fold_in(rng, r))[0])
-             for r in range(math.ceil(num_samples / batch))]
+    parts, nfe = [], []
+    for r in range(math.ceil(num_samples / batch)):
+        x, n = sample_fn(params, jax.random.fold_in(rng, r))
+        parts.append(np.asarray(x))
+        nfe.append(int(np.max(np.asarray(n))))
+    logging.info("%d samples with sampling.method=%s: %s NFE per batch", num_samples,
+                 config.sampling.method, nfe)
     x = np.asarray(datasets.get_data_inverse_scaler(config)(np.concatenate(parts)[:num_samples]),
                    np.float32)
     stem = Path(out_dir) / f"samples_{str(config.sampling.method).lower()}_step_{step}"
     png = stem.with_suffix(".png")
     if is_flat(config):
-        npz = io.savez_atomic(stem.with_suffix(".npz"), samples=x)
+        npz = io.savez_atomic(stem.with_suffix(".npz"), samples=x, nfe=np.asarray(nfe))
         if x.shape[1] == 2:
             io.save_scatter(x, png, f"{config.sampling.method} samples, step {step}")
         else:
             png = None
     else:
-        npz = io.savez_atomic(stem.with_suffix(".npz"), samples=io.to_uint8(x), samples_float=x)
+        npz = io.savez_atomic(stem.with_suffix(".npz"), samples=io.to_uint8(x), samples_float=x,
+                              nfe=np.asarray(nfe))
         io.save_image_grid(x, png)
     return {"npz": npz, "png": png}

@@ -75,6 +75,15 @@ def test_train_then_sample_then_a_mismatched_config(tmp_path):
     (npz,) = sample_dir.glob("*.npz")
     samples = np.load(npz)["samples"]
     assert samples.shape == (16, 2) and np.isfinite(samples).all()
+    # A few-step sampler and its step count from the command line.
+    fast = subprocess.run(
+        [*main_cmd(tmp_path, mode="sample", **{"sampling.method": "dpm_solver", "sampling.num_steps": 6,
+                                               "sampling.noise_removal": False}),
+         "--num_samples=16", f"--sample_dir={sample_dir}"], cwd=ROOT, env=subprocess_env(XLA_FLAGS=""),
+        capture_output=True, text=True, timeout=120)
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    with np.load(sample_dir / "samples_dpm_solver_step_10.npz") as f:
+        assert f["nfe"].tolist() == [6] and f["samples"].shape == (16, 2)
 
     mismatched = run_main(tmp_path, env=subprocess_env(XLA_FLAGS=""),
                           **{"training.n_iters": 20, "model.nf": 16})
