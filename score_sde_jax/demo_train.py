@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,11 +31,17 @@ from score_sde_jax.models import utils as mutils
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(name: str):
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    module = __import__(f"configs.{name}", fromlist=["get_config"])
-    return module.get_config()
+def _config(name: str, steps: int, snapshots: int):
+    """``configs/{name}.py`` shortened to ``steps`` updates with ``snapshots`` checkpoints (and
+    evaluations), 10 log lines and no snapshot sampling."""
+    from score_sde_jax.convert import load_config
+
+    config = load_config(str(ROOT / "configs" / f"{name}.py"))
+    t = config.training
+    t.n_iters, t.log_freq, t.eval_freq = steps, max(steps // 10, 1), max(steps // snapshots, 1)
+    t.snapshot_freq = t.snapshot_freq_for_preemption = max(steps // snapshots, 1)
+    t.snapshot_sampling = False
+    return config
 
 
 class _Judge:
@@ -70,24 +75,24 @@ def _train(config, workdir: Path):
     return untrained, trained, time.perf_counter() - start
 
 
-def _table(rows: list[tuple[str, str, str]]) -> None:
+def _report(seconds: float, rows: list[tuple[str, str, str]], samples: np.ndarray, workdir: Path,
+            title: str) -> None:
+    """Print the training time and the untrained / trained table; save the trained samples."""
+    print(f"  trained in {seconds:.0f} s")
     print(f"  {'':44s} {'untrained':>11s} {'trained':>9s}")
     for name, a, b in rows:
         print(f"  {name:44s} {a:>11s} {b:>9s}")
+    print(f"  samples: {logging_utils.save_samples(samples, workdir / 'demo_samples', title)}")
 
 
 def toy(workdir: Path, steps: int, n: int = 1000) -> dict[str, float]:
     from score_sde_jax.data.toy import gaussian_mixture_from_config
 
-    config = _config("toy_gmm")
-    t = config.training
-    t.n_iters, t.log_freq, t.eval_freq = steps, max(steps // 10, 1), max(steps // 4, 1)
-    t.snapshot_freq = t.snapshot_freq_for_preemption = max(steps // 4, 1)
-    t.snapshot_sampling = False
+    config = _config("toy_gmm", steps, snapshots=4)
     config.model.ema_rate = 0.99  # the paper's 0.999 averages over more steps than a demo runs
     config.model.num_scales = 500  # Euler-Maruyama steps of the sampler
     print(f"\n== 2-D Gaussian mixture, MLP score network, VP SDE: {steps} steps "
-          f"(batch {t.batch_size}) in {workdir}")
+          f"(batch {config.training.batch_size}) in {workdir}")
     untrained, trained, seconds = _train(config, workdir)
     gmm = gaussian_mixture_from_config(config.data)
     judge = _Judge(config, n)
@@ -103,26 +108,20 @@ def toy(workdir: Path, steps: int, n: int = 1000) -> dict[str, float]:
            "sw_untrained": float(analytic.sliced_wasserstein(key, x0, ref)),
            "sw_trained": float(analytic.sliced_wasserstein(key, x1, ref)),
            "sw_floor": float(analytic.sliced_wasserstein(key, other, ref))}
-    print(f"  trained in {seconds:.0f} s")
-    _table([("DSM loss (held-out batch)", f"{res['loss_untrained']:.4f}", f"{res['loss_trained']:.4f}"),
-            (f"mean exact log p of samples [truth {res['loglik_truth']:.2f}]",
-             f"{res['loglik_untrained']:.4g}", f"{res['loglik_trained']:.3f}"),
-            (f"sliced W2 to data [floor {res['sw_floor']:.3f}]", f"{res['sw_untrained']:.3f}",
-             f"{res['sw_trained']:.3f}")])
-    png = logging_utils.save_samples(x1, workdir / "demo_samples", f"trained, {steps} steps")
-    print(f"  samples: {png}")
+    _report(seconds, [
+        ("DSM loss (held-out batch)", f"{res['loss_untrained']:.4f}", f"{res['loss_trained']:.4f}"),
+        (f"mean exact log p of samples [truth {res['loglik_truth']:.2f}]",
+         f"{res['loglik_untrained']:.4g}", f"{res['loglik_trained']:.3f}"),
+        (f"sliced W2 to data [floor {res['sw_floor']:.3f}]", f"{res['sw_untrained']:.3f}",
+         f"{res['sw_trained']:.3f}")], x1, workdir, f"trained, {steps} steps")
     return res
 
 
 def digits(workdir: Path, steps: int, n: int = 100) -> dict[str, float]:
-    config = _config("digits")
-    t = config.training
-    t.n_iters, t.log_freq, t.eval_freq = steps, max(steps // 10, 1), max(steps // 3, 1)
-    t.snapshot_freq = t.snapshot_freq_for_preemption = max(steps // 3, 1)
-    t.snapshot_sampling = False
+    config = _config("digits", steps, snapshots=3)
     config.model.num_scales = 250  # Euler-Maruyama steps of the sampler (paper: 1000)
     print(f"\n== 8x8 digits (scikit-learn), DDPM++ (0.75M parameters), VP SDE: {steps} steps "
-          f"(batch {t.batch_size}) in {workdir}")
+          f"(batch {config.training.batch_size}) in {workdir}")
     untrained, trained, seconds = _train(config, workdir)
     test = np.concatenate([b["image"] for b in datasets.get_dataset(config, "test", evaluation=True,
                                                                      shard=(0, 1))])
@@ -138,12 +137,10 @@ def digits(workdir: Path, steps: int, n: int = 100) -> dict[str, float]:
            "loss_trained": judge.loss(trained.params, test[:256]),
            "sw_untrained": sw(x0, test), "sw_trained": sw(x1, test),
            "sw_floor": sw(train_x, test)}
-    print(f"  trained in {seconds:.0f} s")
-    _table([("DSM loss (256 test digits)", f"{res['loss_untrained']:.4f}", f"{res['loss_trained']:.4f}"),
-            (f"sliced W2 to test digits [floor {res['sw_floor']:.3f}]", f"{res['sw_untrained']:.3f}",
-             f"{res['sw_trained']:.3f}")])
-    png = logging_utils.save_samples(x1, workdir / "demo_samples", "digits")
-    print(f"  samples: {png}")
+    _report(seconds, [
+        ("DSM loss (256 test digits)", f"{res['loss_untrained']:.4f}", f"{res['loss_trained']:.4f}"),
+        (f"sliced W2 to test digits [floor {res['sw_floor']:.3f}]", f"{res['sw_untrained']:.3f}",
+         f"{res['sw_trained']:.3f}")], x1, workdir, "digits")
     return res
 
 
