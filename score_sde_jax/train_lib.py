@@ -166,6 +166,12 @@ def learning_rate(config) -> Callable[[Array], Array]:
     return lambda step: lr * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
 
 
+def _state(tx: optax.GradientTransformation, params: dict, params_ema: dict, step, rng: Array) -> TrainState:
+    """A TrainState at ``step`` with fresh optimizer moments for ``params`` (traceable)."""
+    return TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params),
+                      params_ema=params_ema, rng=rng)
+
+
 def _fresh_state_fn(config) -> Callable[[Array], TrainState]:
     """``rng (2,) uint32 -> TrainState`` at step 0 (traceable)."""
     init = _task(config).init or mutils.init_model
@@ -179,9 +185,7 @@ def _fresh_state_fn(config) -> Callable[[Array], TrainState]:
                              f"variable collections {extra} besides 'params'; training "
                              "supports 'params' only")
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params),
-                          params_ema=jax.tree_util.tree_map(jnp.copy, params), rng=rng)
+        return _state(tx, params, jax.tree_util.tree_map(jnp.copy, params), 0, rng)
 
     return fresh
 
@@ -189,11 +193,9 @@ def _fresh_state_fn(config) -> Callable[[Array], TrainState]:
 def train_state_from_params(config, params: dict, params_ema: dict, step: int) -> TrainState:
     """A state holding given (e.g. imported) network parameters: fresh optimizer moments and
     ``PRNGKey(config.seed)`` as the noise key, so training resumes from it and eval/sample read it."""
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    rng = jnp.asarray(jax.random.PRNGKey(int(config.seed)), jnp.uint32)
-    return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
-                      opt_state=get_optimizer(config).init(params),
-                      params_ema=jax.tree_util.tree_map(jnp.asarray, params_ema), rng=rng)
+    return _state(get_optimizer(config), jax.tree_util.tree_map(jnp.asarray, params),
+                  jax.tree_util.tree_map(jnp.asarray, params_ema), step,
+                  jnp.asarray(jax.random.PRNGKey(int(config.seed)), jnp.uint32))
 
 
 def create_train_state(config, rng: Array) -> TrainState:
