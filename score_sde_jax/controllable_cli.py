@@ -125,13 +125,6 @@ def load_mask(path: str | Path, data_shape: tuple[int, ...]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- running in batches
-def _pc_kwargs(config) -> dict:
-    s = config.sampling
-    return dict(predictor=s.get("predictor", "reverse_diffusion"),
-                corrector=s.get("corrector", "langevin"), snr=s.snr, n_steps=s.n_steps_each,
-                denoise=s.get("noise_removal", True), probability_flow=s.get("probability_flow", False))
-
-
 def _in_batches(config, n: int, make: Callable[[int], Callable], arrays: tuple, rng) -> np.ndarray:
     """Run ``make(batch)(rng_i, *chunks)`` over chunks of at most eval.batch_size rows."""
     batch = min(n, int(config.eval.batch_size))
@@ -179,7 +172,7 @@ def inpaint(config, workdir: str | Path, image_path: str | Path, mask_path: str 
     scaler = datasets.get_data_scaler(config)
 
     def make(batch):
-        fn = cg.get_pc_inpainter(sde, (batch, *images.shape[1:]), eps=eps, **_pc_kwargs(config))
+        fn = cg.get_pc_inpainter(sde, (batch, *images.shape[1:]), eps=eps, **sampling.pc_settings(config))
         return jax.jit(lambda r, y, m: fn(r, build(params), scaler(y), m))
 
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 3), step)
@@ -204,7 +197,7 @@ def colorize(config, workdir: str | Path, image_path: str | Path, out_dir: str |
     scaler = datasets.get_data_scaler(config)
 
     def make(batch):
-        fn = cg.get_pc_colorizer(sde, (batch, *images.shape[1:]), eps=eps, **_pc_kwargs(config))
+        fn = cg.get_pc_colorizer(sde, (batch, *images.shape[1:]), eps=eps, **sampling.pc_settings(config))
         return jax.jit(lambda r, g: fn(r, build(params), scaler(g)))
 
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 4), step)
@@ -266,18 +259,14 @@ def sample_class(config, workdir: str | Path, classifier_workdir: str | Path, la
     classifier = mutils.get_model(clf_config)
     n = int(num_samples or config.eval.batch_size)
     shape = mutils.data_shape(config)
-    s = config.sampling
 
     def make(batch):
-        if str(s.method).lower() == "ode":
-            solver = s.get("solver", sampling.DEFAULT_SOLVER)
-            fn = cg.get_ode_conditional_sampler(sde, (batch, *shape), s.get("rtol", 1e-5),
-                                                s.get("atol", 1e-5), solver, eps)
+        if str(config.sampling.method).lower() == "ode":
+            fn = cg.get_ode_conditional_sampler(sde, (batch, *shape), eps=eps,
+                                                **sampling.ode_settings(config))
         else:
-            kw = _pc_kwargs(config)
-            fn = cg.get_pc_conditional_sampler(sde, (batch, *shape), kw["predictor"], kw["corrector"],
-                                               kw["snr"], kw["n_steps"], kw["probability_flow"], eps,
-                                               kw["denoise"])
+            fn = cg.get_pc_conditional_sampler(sde, (batch, *shape), eps=eps,
+                                               **sampling.pc_settings(config))
 
         def run(r, p, cp, labels):
             logp = classifier_logp_fn(classifier, as_variables(cp), clf_sde)

@@ -334,18 +334,31 @@ def register_sampling_method(name: str):
     return _register
 
 
+def pc_settings(config) -> dict:
+    """``get_pc_sampler``'s keyword arguments from ``config.sampling`` (predictor, corrector,
+    snr, n_steps_each, probability_flow, noise_removal); the PC inpainter, colorizer and
+    conditional sampler take the same."""
+    s = config.sampling
+    return dict(predictor=s.get("predictor", "reverse_diffusion"), corrector=s.get("corrector", "langevin"),
+                snr=s.snr, n_steps=s.n_steps_each, probability_flow=s.get("probability_flow", False),
+                denoise=s.get("noise_removal", True))
+
+
+def ode_settings(config) -> dict:
+    """``get_ode_sampler``'s rtol, atol and solver from ``config.sampling``."""
+    s = config.sampling
+    return dict(rtol=s.get("rtol", 1e-5), atol=s.get("atol", 1e-5), solver=s.get("solver", DEFAULT_SOLVER))
+
+
 @register_sampling_method("pc")
 def _pc_from_config(config, sde, shape, eps):
-    s = config.sampling
-    return get_pc_sampler(sde, shape, s.predictor, s.corrector, s.snr, s.n_steps_each,
-                          s.get("probability_flow", False), eps, s.get("noise_removal", True))
+    return get_pc_sampler(sde, shape, eps=eps, **pc_settings(config))
 
 
 @register_sampling_method("ode")
 def _ode_from_config(config, sde, shape, eps):
-    s = config.sampling
-    return get_ode_sampler(sde, shape, s.get("rtol", 1e-5), s.get("atol", 1e-5),
-                           s.get("solver", DEFAULT_SOLVER), eps, s.get("noise_removal", False))
+    return get_ode_sampler(sde, shape, eps=eps, denoise=config.sampling.get("noise_removal", False),
+                           **ode_settings(config))
 
 
 def get_sampling_fn(config, sde: sde_lib.SDE, shape: tuple[int, ...], eps: float):
