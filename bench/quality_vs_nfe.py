@@ -49,27 +49,48 @@ SDES = {"vp": (sde_lib.VPSDE, 1e-3, 0.01), "ve": (sde_lib.VESDE, 1e-5, 0.16),
         "subvp": (sde_lib.subVPSDE, 1e-3, 0.01)}
 
 
+def pc_em(make_sde, shape, n, eps):
+    """Row of the PC Euler-Maruyama sampler (no corrector) with N = n."""
+    return "PC Euler-Maruyama", f"N={n}", sampling.get_pc_sampler(
+        make_sde(N=n), shape, "euler_maruyama", "none", eps=eps)
+
+
+def pc_rd_langevin(make_sde, shape, n, snr, eps, label="PC rev.diff.+Langevin"):
+    """Row of the PC reverse diffusion + Langevin sampler with N = n (the paper's with n = 1000)."""
+    return label, f"N={n}", sampling.get_pc_sampler(
+        make_sde(N=n), shape, "reverse_diffusion", "langevin", snr=snr, eps=eps)
+
+
+def pc1000(make_sde, shape, snr, eps):
+    return pc_rd_langevin(make_sde, shape, 1000, snr, eps, label="PC1000 (paper)")
+
+
+def dpm(sde, shape, steps, order, eps, label=None):
+    """Row of DPM-Solver++(order M) with ``steps`` steps."""
+    return label or f"DPM-Solver++({order}M)", f"steps={steps}", fast_sampling.get_dpm_solver_sampler(
+        sde, shape, steps, order, eps=eps)
+
+
+def heun(sde, shape, n, eps):
+    return "EDM Heun", f"N={n}", fast_sampling.get_heun_sampler(sde, shape, n, eps=eps)
+
+
 def samplers(make_sde, eps, snr, shape):
     """(name, setting, sampler) for every row of one SDE; the PC ones first (stochastic)."""
     for nfe in BUDGETS:
-        yield "PC Euler-Maruyama", f"N={nfe}", sampling.get_pc_sampler(
-            make_sde(N=nfe), shape, "euler_maruyama", "none", eps=eps)
+        yield pc_em(make_sde, shape, nfe, eps)
     for nfe in BUDGETS:
-        yield "PC rev.diff.+Langevin", f"N={nfe // 2}", sampling.get_pc_sampler(
-            make_sde(N=nfe // 2), shape, "reverse_diffusion", "langevin", snr=snr, eps=eps)
-    yield "PC1000 (paper)", "N=1000", sampling.get_pc_sampler(
-        make_sde(N=1000), shape, "reverse_diffusion", "langevin", snr=snr, eps=eps)
+        yield pc_rd_langevin(make_sde, shape, nfe // 2, snr, eps)
+    yield pc1000(make_sde, shape, snr, eps)
     sde = make_sde()
     for tol in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5):
         yield "ODE diffrax Dopri5", f"tol={tol:g}", sampling.get_ode_sampler(sde, shape, tol, tol, "dopri5",
                                                                              eps=eps)
     for nfe in BUDGETS:
-        n = (nfe + 1) // 2
-        yield "EDM Heun", f"N={n}", fast_sampling.get_heun_sampler(sde, shape, n, eps=eps)
+        yield heun(sde, shape, (nfe + 1) // 2, eps)
     for order in (2, 3):
         for nfe in BUDGETS:
-            yield f"DPM-Solver++({order}M)", f"steps={nfe}", fast_sampling.get_dpm_solver_sampler(
-                sde, shape, nfe, order, eps=eps)
+            yield dpm(sde, shape, nfe, order, eps)
     for rtol, atol in ((0.1, 0.05), (0.05, 0.0078), (0.01, 0.001)):
         yield "DPM-Solver++ adaptive", f"rtol={rtol:g} atol={atol:g}", \
             fast_sampling.get_adaptive_dpm_solver_sampler(sde, shape, 3, rtol, atol, eps=eps)
@@ -80,24 +101,34 @@ def sw_draws(draw, refs, key) -> np.ndarray:
     return np.array([float(analytic.sliced_wasserstein(key, draw(r), ref)) for r, ref in enumerate(refs)])
 
 
-def mean_sw(draw, refs, key):
-    """Mean and standard error over the repeats r of SW₂(draw(r), refs[r])."""
-    d = sw_draws(draw, refs, key)
+def mean_se(d: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-draw values ``d``."""
     return d.mean(), (d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"))
+
+
+def sampler_draws(run, refs, key, on_sample=None) -> tuple[np.ndarray, list[int]]:
+    """(SW₂ per draw, NFE per draw) of ``run(r) -> (x, nfe)``; ``on_sample(r, x)`` sees each x."""
+    nfe = []
+
+    def draw(r):
+        x, k = run(r)
+        nfe.append(int(k))
+        if on_sample is not None:
+            on_sample(r, x)
+        return x
+
+    return sw_draws(draw, refs, key), nfe
 
 
 def target_samplers(make_sde, eps, snr, shape):
     """(name, setting, sampler) of the target check: PC1000 first, the default fast sampler second."""
     sde = make_sde()
-    yield "PC1000 (paper)", "N=1000", sampling.get_pc_sampler(
-        make_sde(N=1000), shape, "reverse_diffusion", "langevin", snr=snr, eps=eps)
-    yield "DPM-Solver++(2M) (default)", "steps=20", fast_sampling.get_dpm_solver_sampler(
-        sde, shape, 20, 2, eps=eps)
-    yield "DPM-Solver++(3M)", "steps=20", fast_sampling.get_dpm_solver_sampler(sde, shape, 20, 3, eps=eps)
-    yield "DPM-Solver++(2M)", "steps=10", fast_sampling.get_dpm_solver_sampler(sde, shape, 10, 2, eps=eps)
-    yield "EDM Heun", "N=10", fast_sampling.get_heun_sampler(sde, shape, 10, eps=eps)
-    yield "PC Euler-Maruyama", "N=20", sampling.get_pc_sampler(
-        make_sde(N=20), shape, "euler_maruyama", "none", eps=eps)
+    yield pc1000(make_sde, shape, snr, eps)
+    yield dpm(sde, shape, 20, 2, eps, label="DPM-Solver++(2M) (default)")
+    yield dpm(sde, shape, 20, 3, eps)
+    yield dpm(sde, shape, 10, 2, eps)
+    yield heun(sde, shape, 10, eps)
+    yield pc_em(make_sde, shape, 20, eps)
 
 
 def target_table(sdes, gmm, n, repeats, key):
@@ -112,16 +143,15 @@ def target_table(sdes, gmm, n, repeats, key):
         draws = []
         for label, setting, sampler in target_samplers(make_sde, eps, snr, (n, 2)):
             run = jax.jit(lambda r, s=sampler, score=score: s(r, score))
-            nfe = int(run(jax.random.PRNGKey(0))[1])
-            d = sw_draws(lambda r, run=run: run(jax.random.PRNGKey(r))[0], refs, key)
-            draws.append((label, setting, nfe, d))
+            d, nfe = sampler_draws(lambda r, run=run: run(jax.random.PRNGKey(r)), refs, key)
+            draws.append((label, setting, max(nfe), d))
             print(f"{name} {label} {setting}: SW {d.mean():.4f}", file=sys.stderr, flush=True)
         pc = draws[0][3]
         for label, setting, nfe, d in [("true samples (noise floor)", "-", 0, floor), *draws]:
             ratio = d.mean() / pc.mean()
             ratio_se = np.std(d[boot].mean(1) / pc[boot].mean(1))
-            se = d.std(ddof=1) / np.sqrt(repeats)
-            rows.append([name, label, setting, nfe or "-", f"{d.mean():.4f} ± {se:.4f}",
+            mean, se = mean_se(d)
+            rows.append([name, label, setting, nfe or "-", f"{mean:.4f} ± {se:.4f}",
                          f"{ratio:.2f} ± {ratio_se:.2f}"])
             if "(default)" in label:
                 verdict = "met" if ratio <= 1.2 else "NOT met"
@@ -143,17 +173,13 @@ def evaluate(name, gmm, refs, key):
     stars = [star_run(jax.random.PRNGKey(r)) for r in range(len(refs))]
 
     def measure(run, deterministic=False):  # run(r) -> (x, nfe)
-        nfe, path = [], []
+        path = []
 
-        def draw(r):
-            x, k = run(r)
-            nfe.append(int(k))
-            if deterministic:
-                path.append(float(jnp.sqrt(jnp.mean(jnp.sum((x - stars[r]) ** 2, axis=-1)))))
-            return x
+        def path_error(r, x):
+            path.append(float(jnp.sqrt(jnp.mean(jnp.sum((x - stars[r]) ** 2, axis=-1)))))
 
-        mean, se = mean_sw(draw, refs, key)
-        return mean, se, nfe, (float(np.mean(path)) if path else None)
+        d, nfe = sampler_draws(run, refs, key, path_error if deterministic else None)
+        return *mean_se(d), nfe, (float(np.mean(path)) if path else None)
 
     results, start = [], time.perf_counter()
     for label, setting, sampler in samplers(make_sde, eps, snr, (n, 2)):
@@ -194,7 +220,7 @@ def main() -> None:
 
 def main_table(args, gmm, key) -> None:
     refs = [gmm.sample(jax.random.PRNGKey(1000 + r), args.n) for r in range(args.repeats)]
-    floor = mean_sw(lambda r: gmm.sample(jax.random.PRNGKey(2000 + r), args.n), refs, key)
+    floor = mean_se(sw_draws(lambda r: gmm.sample(jax.random.PRNGKey(2000 + r), args.n), refs, key))
     rows, notes = [], []
     for name in args.sdes.split(","):
         results = evaluate(name, gmm, refs, key)
