@@ -79,6 +79,15 @@ def tiny_conv_model(sde_name: str = "vpsde", init_scale: float = 1.0, num_scales
     return config, sde, eps, variables, score
 
 
+def pf_drift(sde, score):
+    """``drift(params, x, t)``: the probability-flow ODE's f̃ = f − ½ g² s for ``score(params, x, t)``."""
+
+    def drift(params, x, t):
+        return sde.reverse(lambda y, s: score(params, y, s), probability_flow=True).sde(x, t)[0]
+
+    return drift
+
+
 def digits(split: str = "test", size: int = 16, centered: bool = True) -> jax.Array:
     """scikit-learn digits (first 1500 train, last 297 test), resized to size×size×1, in [−1, 1]
     (``centered``) or [0, 1]."""

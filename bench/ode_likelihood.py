@@ -32,7 +32,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_time, digits, machine, print_table, timed, tiny_conv_model, train_tiny
+from common import best_time, digits, machine, pf_drift, print_table, timed, tiny_conv_model, train_tiny
 from scipy import integrate
 
 from score_sde_jax import analytic, likelihood, sde_lib
@@ -41,10 +41,7 @@ from score_sde_jax import analytic, likelihood, sde_lib
 def scipy_likelihood(sde, score, params, x, probe, rtol, atol, eps):
     """The official host loop: returns a function () -> (logp (B,), nfe)."""
     shape, batch = x.shape, x.shape[0]
-
-    def drift(params, x, t):
-        return sde.reverse(lambda y, s: score(params, y, s), probability_flow=True).sde(x, t)[0]
-
+    drift = pf_drift(sde, score)
     drift_fn = jax.jit(drift)
 
     @jax.jit
@@ -74,9 +71,10 @@ def network_work(sde, score, params, x, probe, repeats):
     scipy: the drift plus the divergence by a VJP (two jitted calls, as the official code);
     diffrax: one JVP of the drift (the drift and ε̂ᵀ ∂f̃/∂x together)."""
     t = jnp.full((x.shape[0],), 0.5)
+    pf = pf_drift(sde, score)
 
     def drift(params, y):
-        return sde.reverse(lambda z, s: score(params, z, s), probability_flow=True).sde(y, t)[0]
+        return pf(params, y, t)
 
     vjp_div = jax.jit(lambda p, y: jax.grad(lambda v: jnp.sum(drift(p, v) * probe))(y))
     jvp = jax.jit(lambda p, y: jax.jvp(lambda v: drift(p, v), (y,), (probe,)))

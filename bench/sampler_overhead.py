@@ -25,7 +25,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_time, machine, print_table, tiny_conv_model
+from common import best_time, machine, pf_drift, print_table, tiny_conv_model
 from scipy import integrate
 
 from score_sde_jax import sampling
@@ -55,10 +55,11 @@ def python_loop_pc(sde, score, shape, eps):
 def scipy_ode(sde, score, shape, eps, tol):
     """The official ODE sampler's shape: solve_ivp RK45 on a flattened numpy state."""
 
+    pf = pf_drift(sde, score)
+
     @jax.jit
     def drift(params, x, t):
-        rsde = sde.reverse(lambda y, s: score(params, y, s), probability_flow=True)
-        return rsde.sde(x, jnp.full((shape[0],), t))[0]
+        return pf(params, x, jnp.full((shape[0],), t))
 
     def run(params, rng):
         x = np.asarray(sde.prior_sampling(rng, shape), np.float64).reshape(-1)
