@@ -30,9 +30,9 @@ from PIL import Image
 
 from score_sde_jax import controllable_generation as cg
 from score_sde_jax import datasets, sampling, sde_lib
-from score_sde_jax import eval_io as io
-from score_sde_jax.eval_lib import load_ema_params
-from score_sde_jax.eval_steps import as_variables, is_flat, score_fn_builder
+from score_sde_jax.evaluation import files as io
+from score_sde_jax.evaluation.loops import load_ema_params
+from score_sde_jax.evaluation.steps import as_variables, is_flat, score_fn_builder
 from score_sde_jax.models import utils as mutils
 
 _NPZ_KEYS = ("image", "images", "x", "data", "mask")

@@ -10,15 +10,14 @@ difference between the ODE log-likelihood and the exact log-density. Writes a PN
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
 
 from score_sde_jax import analytic, likelihood, sampling, sde_lib
+from score_sde_jax.evaluation.files import scatter_png
 
 SAMPLERS = (
     ("PC euler_maruyama", dict(predictor="euler_maruyama", corrector="none")),
@@ -26,21 +25,6 @@ SAMPLERS = (
     ("PC ancestral_sampling", dict(predictor="ancestral_sampling", corrector="none")),
     ("ODE dopri5", None),
 )
-
-
-def scatter_png(panels: dict[str, np.ndarray], path: str, size: int = 260, extent: float = 8.0) -> None:
-    """One square scatter panel per entry of ``panels`` ((n, 2) arrays), side by side."""
-    img = Image.new("RGB", (size * len(panels), size + 16), "white")
-    draw = ImageDraw.Draw(img)
-    for j, (title, pts) in enumerate(panels.items()):
-        x0 = j * size
-        draw.rectangle([x0, 16, x0 + size - 1, size + 15], outline=(180, 180, 180))
-        draw.text((x0 + 4, 2), title[:40], fill="black")
-        uv = (np.asarray(pts) + extent) / (2 * extent) * (size - 1)
-        for u, v in uv[(uv >= 0).all(1) & (uv < size).all(1)]:
-            draw.point((x0 + u, 16 + size - 1 - v), fill=(30, 80, 200))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    img.save(path)
 
 
 def run(out: str, n: int = 2000, steps: int = 500) -> dict[str, float]:

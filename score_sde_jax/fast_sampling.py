@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import sampling, sde_lib
+from score_sde_jax import sde_lib
 from score_sde_jax.sde_lib import batch_mul
 
 Array = jax.Array
@@ -157,7 +157,7 @@ def get_heun_sampler(
     num_steps = int(num_steps)
 
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, int]:
-        x0_fn = data_prediction(sampling.check_score_fn(score_fn), schedule)
+        x0_fn = data_prediction(sde_lib.check_score_fn(score_fn), schedule)
         sig_min = schedule.sigma(eps) if sigma_min is None else sigma_min
         sig = karras_sigmas(sig_min, schedule.sigma(sde.T), num_steps, rho)
         gamma = jnp.where((sig >= s_tmin) & (sig <= s_tmax), min(s_churn / num_steps, math.sqrt(2) - 1), 0.0)
@@ -266,7 +266,7 @@ def get_dpm_solver_sampler(
     branches = [lambda *a, k=k: _multistep_update(schedule, *a, k) for k in (1, 2, 3)]
 
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, int]:
-        x0_fn = data_prediction(sampling.check_score_fn(score_fn), schedule)
+        x0_fn = data_prediction(sde_lib.check_score_fn(score_fn), schedule)
         sig = sigma_grid(schedule, num_steps, skip_type, eps, rho)
         x = _prior(sde, shape, rng, z)
 
@@ -337,7 +337,7 @@ def get_adaptive_dpm_solver_sampler(
     schedule = SigmaSchedule(sde)
 
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, Array]:
-        x0_fn = data_prediction(sampling.check_score_fn(score_fn), schedule)
+        x0_fn = data_prediction(sde_lib.check_score_fn(score_fn), schedule)
         x = _prior(sde, shape, rng, z)
         lam_end = -jnp.log(schedule.sigma(eps))
         lam_start = -jnp.log(schedule.sigma(sde.T)).astype(x.dtype)
@@ -377,8 +377,7 @@ def get_adaptive_dpm_solver_sampler(
 
 
 # --------------------------------------------------------------------------- from a config
-@sampling.register_sampling_method("heun")
-def _heun_from_config(config, sde, shape, eps):
+def heun_from_config(config, sde, shape, eps):
     """config.sampling.{num_steps (18), rho (7), s_churn (0), s_tmin (0), s_tmax (inf), s_noise (1),
     sigma_min (None or 0: σ̃(eps))}."""
     s = config.sampling
@@ -387,8 +386,7 @@ def _heun_from_config(config, sde, shape, eps):
                             s.get("sigma_min", None) or None)
 
 
-@sampling.register_sampling_method("dpm_solver")
-def _dpm_solver_from_config(config, sde, shape, eps):
+def dpm_solver_from_config(config, sde, shape, eps):
     """config.sampling.{num_steps (20), order (2), skip_type ('logsnr'), lower_order_final (True),
     noise_removal (False), adaptive (False), adaptive_rtol (0.05), adaptive_atol (0.0078)}.
 

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde_jax import sampling, sde_lib
-from score_sde_jax.sampling import check_score_fn, solve_ode
+from score_sde_jax.sampling import solve_ode
+from score_sde_jax.sde_lib import check_score_fn
 
 Array = jax.Array
 HUTCHINSON_TYPES = ("gaussian", "rademacher", "exact")

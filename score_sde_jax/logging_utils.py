@@ -1,5 +1,5 @@
 """What the training loop writes for people: TensorBoard event files, a JSON-lines metrics file,
-PNG sample grids (via :mod:`score_sde_jax.eval_io`) and a progress bar with steps/s.
+PNG sample grids (via :mod:`score_sde_jax.evaluation.files`) and a progress bar with steps/s.
 
 Only process 0 writes; on the other processes every writer is a no-op.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+
+from score_sde_jax.evaluation import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -99,15 +101,13 @@ def save_samples(samples: np.ndarray, directory: str | os.PathLike, title: str) 
     """Samples in data space ([0, 1] images (N, H, W, C) or points (N, D)) as
     ``directory/sample.npz`` and ``directory/sample.png`` (a grid, or a scatter plot of 2-D
     points); returns the PNG path (the .npz path for other flat data)."""
-    from score_sde_jax import eval_io
-
     directory = Path(directory)
     samples = np.asarray(samples, np.float32)
-    eval_io.savez_atomic(directory / "sample.npz", samples=samples)
+    files.savez_atomic(directory / "sample.npz", samples=samples)
     if samples.ndim == 4:
-        return eval_io.save_image_grid(samples, directory / "sample.png")
+        return files.save_image_grid(samples, directory / "sample.png")
     if samples.ndim == 2 and samples.shape[1] == 2:
-        return eval_io.save_scatter(samples, directory / "sample.png", title)
+        return files.save_scatter(samples, directory / "sample.png", title)
     return directory / "sample.npz"
 
 

@@ -1,5 +1,5 @@
 """The training loop (``main.py --mode train``) and the entry points of the evaluation and
-sampling modes (implemented in :mod:`score_sde_jax.eval_lib`).
+sampling modes (implemented in :mod:`score_sde_jax.evaluation.loops`).
 
 ``train(config, workdir)`` resumes from the latest complete checkpoint in ``workdir`` and runs
 ``train_lib``'s data-parallel step until ``state.step == config.training.n_iters``. After the
@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from score_sde_jax import checkpoints, datasets, logging_utils, sampling, sde_lib, train_lib
+from score_sde_jax.evaluation import loops
 from score_sde_jax.models import utils as mutils
 
 _FREQ_KEYS = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
@@ -290,14 +291,10 @@ def train(config, workdir: str, mesh=None) -> train_lib.TrainState:
 
 
 def evaluate(config, workdir: str, eval_folder: str = "eval"):
-    """``main.py --mode eval``: see :func:`score_sde_jax.eval_lib.evaluate`."""
-    from score_sde_jax import eval_lib
-
-    return eval_lib.evaluate(config, workdir, eval_folder)
+    """``main.py --mode eval``: see :func:`score_sde_jax.evaluation.loops.evaluate`."""
+    return loops.evaluate(config, workdir, eval_folder)
 
 
 def sample(config, workdir: str, num_samples: int, out_dir: str, step: int | None = None):
-    """``main.py --mode sample``: see :func:`score_sde_jax.eval_lib.sample`."""
-    from score_sde_jax import eval_lib
-
-    return eval_lib.sample(config, workdir, num_samples, out_dir, step=step)
+    """``main.py --mode sample``: see :func:`score_sde_jax.evaluation.loops.sample`."""
+    return loops.sample(config, workdir, num_samples, out_dir, step=step)

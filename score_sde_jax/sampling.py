@@ -20,7 +20,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import sde_lib
+from score_sde_jax import fast_sampling, sde_lib
 from score_sde_jax.sde_lib import batch_mul, step_index
 
 Array = jax.Array
@@ -153,20 +153,6 @@ def _lookup(table: dict, name: str, kind: str):
     return table[name]
 
 
-def check_score_fn(score_fn: ScoreFn) -> ScoreFn:
-    """Wrap ``score_fn`` so a wrong output shape is an error naming both shapes."""
-
-    @functools.wraps(score_fn)
-    def checked(x, t):
-        out = score_fn(x, t)
-        if out.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {out.shape} for x of shape {x.shape}; "
-                             "it must return the score with x's shape")
-        return out
-
-    return checked
-
-
 def _identity_project(rng, x, x_mean, t):
     return x, x_mean
 
@@ -188,7 +174,7 @@ def pc_loop(
     predictor update (identity for unconditional sampling; inpainting replaces known pixels).
     Returns ``(x, x_mean)`` of the last step, each (B, *D).
     """
-    score_fn = check_score_fn(score_fn)
+    score_fn = sde_lib.check_score_fn(score_fn)
     rsde = sde.reverse(score_fn, probability_flow=False)
     timesteps = jnp.linspace(sde.T, eps, sde.N)
 
@@ -303,7 +289,7 @@ def get_ode_sampler(
     _lookup(SOLVERS, solver, "solver")
 
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, Array]:
-        score_fn = check_score_fn(score_fn)
+        score_fn = sde_lib.check_score_fn(score_fn)
         x = sde.prior_sampling(rng, shape) if z is None else z
         rsde = sde.reverse(score_fn, probability_flow=True)
 
@@ -361,9 +347,11 @@ def _ode_from_config(config, sde, shape, eps):
                            **ode_settings(config))
 
 
+register_sampling_method("heun")(fast_sampling.heun_from_config)
+register_sampling_method("dpm_solver")(fast_sampling.dpm_solver_from_config)
+
+
 def get_sampling_fn(config, sde: sde_lib.SDE, shape: tuple[int, ...], eps: float):
     """The sampler named by ``config.sampling.method`` (``pc``, ``ode``, ``heun``, ``dpm_solver``)."""
-    import score_sde_jax.fast_sampling  # noqa: F401  (registers 'heun' and 'dpm_solver'; imports us)
-
     method = str(config.sampling.method).lower()
     return _lookup(SAMPLING_METHODS, method, "sampling method")(config, sde, shape, eps)

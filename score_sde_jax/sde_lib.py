@@ -10,6 +10,7 @@ are ``(B,)``; use :func:`batch_mul` to broadcast a ``(B,)`` array over ``x``.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable
 
 import jax
@@ -224,3 +225,17 @@ def get_sde(config) -> tuple[SDE, float]:
     if name == "vesde":
         return VESDE(m.sigma_min, m.sigma_max, m.num_scales), 1e-5
     return SDES[name](m.beta_min, m.beta_max, m.num_scales), 1e-3
+
+
+def check_score_fn(score_fn: ScoreFn) -> ScoreFn:
+    """Wrap ``score_fn`` so a wrong output shape is an error naming both shapes."""
+
+    @functools.wraps(score_fn)
+    def checked(x, t):
+        out = score_fn(x, t)
+        if out.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {out.shape} for x of shape {x.shape}; "
+                             "it must return the score with x's shape")
+        return out
+
+    return checked

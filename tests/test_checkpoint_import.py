@@ -172,7 +172,8 @@ def test_convert_cli_writes_orbax(case, tmp_path, monkeypatch, capsys):
                   "--out", str(tmp_path / "out_flax")])
     assert "step 1300000" in capsys.readouterr().out
     # --workdir: a training work directory that eval / sample / training resume read.
-    from score_sde_jax import eval_lib, train_lib
+    from score_sde_jax import train_lib
+    from score_sde_jax.evaluation import loops as eval_lib
 
     workdir = tmp_path / "workdir"
     convert.main(["--config", str(config_file), "--checkpoint", npz, "--workdir", str(workdir)])

@@ -35,10 +35,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from score_sde_jax import datasets, sde_lib
-from score_sde_jax import eval_io as io
-from score_sde_jax.eval_steps import (
+from score_sde_jax import analytic, checkpoints, datasets, evaluation, sde_lib, train_lib
+from score_sde_jax.data import toy
+from score_sde_jax.evaluation import files as io
+from score_sde_jax.evaluation import inception as inception_lib
+from score_sde_jax.evaluation.steps import (
     bpd_offset,
     get_bpd_fn,
     get_eval_loss_fn,
@@ -63,8 +66,6 @@ def load_ema_params(config, workdir: str | Path, step: int | None = None) -> tup
     The restore template is the *shape* of ``train_lib.create_train_state(config, ...)``
     (``jax.eval_shape``: no network initialization is compiled or run).
     """
-    from score_sde_jax import checkpoints, train_lib
-
     dirs = checkpoints.step_dirs(workdir)
     found: dict[int, Path] = {}
     for directory in dirs:
@@ -85,8 +86,6 @@ def load_ema_params(config, workdir: str | Path, step: int | None = None) -> tup
 
 def checkpoint_steps(config, workdir: str | Path) -> list[tuple[int, int]]:
     """(index k, step k * snapshot_freq) of the snapshots in the eval range that exist."""
-    from score_sde_jax import checkpoints
-
     directory = checkpoints.step_dirs(workdir)[0]
     have = set(checkpoints.all_steps(directory))
     freq = int(config.training.snapshot_freq)
@@ -110,8 +109,6 @@ def _host() -> tuple[int, int]:
 
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -207,8 +204,6 @@ def _eval_bpd(config, bpd_fn, params, rng, eval_dir: Path, k: int, step: int) ->
 # ----------------------------------------------------------------------------- samples, FID/IS/KID
 def reference_statistics(config, inception: dict, path: str | Path) -> dict[str, np.ndarray]:
     """Inception statistics of the whole training split, cached at ``path`` (computed once)."""
-    from score_sde_jax import evaluation
-
     path = Path(path)
     if path.is_file():
         return evaluation.load_statistics(path)
@@ -234,17 +229,12 @@ def _sampling_round(config, sample_fn, params, key, folder: Path, r: int, incept
         io.savez_atomic(samples_path, samples=samples, nfe=np.asarray(nfe))
         logging.info("sampling round %d done (%s NFE)", r, np.asarray(nfe))
     if inception is not None and not stats_path.is_file():
-        from score_sde_jax import evaluation
-
         samples = io.load_npz(samples_path)["samples"]
         io.savez_atomic(stats_path, **evaluation.compute_statistics(
             samples, inception, config.eval.batch_size))
 
 
 def _toy_report(config, samples: np.ndarray) -> dict[str, float]:
-    from score_sde_jax import analytic
-    from score_sde_jax.data import toy
-
     data = next(iter(datasets.get_dataset(config, "test", evaluation=True, shard=(0, 1))))["image"]
     n = min(len(samples), len(data))
     sw = analytic.sliced_wasserstein(jax.random.PRNGKey(0), jnp.asarray(samples[:n]),
@@ -282,8 +272,6 @@ def _eval_samples(config, sample_fn, params, rng, eval_dir: Path, k: int, step: 
     if inception is None:
         report = _toy_report(config, np.concatenate([d["samples"] for d in loaded])[:n])
     else:
-        from score_sde_jax import evaluation
-
         stats = {key: np.concatenate([d[key] for d in loaded])[:n] for key in ("pool", "logits")}
         report = evaluation.metrics_from_statistics(stats, ref_stats)
     logging.info("checkpoint %d: %s", k, report)
@@ -314,9 +302,7 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
         sample_fn = get_sample_fn(config, sde, build, ev.batch_size // jax.process_count(),
                                   sampling_eps)
         if not is_flat(config):  # a missing weight file fails here, before any work
-            from score_sde_jax.evaluation.inception import load_inception_from_config
-
-            inception = load_inception_from_config(config)
+            inception = inception_lib.load_inception_from_config(config)
             size = config.data.image_size
             ref_path = ev.get("ref_stats_path", "") or (
                 eval_dir / f"{str(config.data.dataset).lower()}_{size}_ref_stats.npz")

@@ -1,4 +1,4 @@
-"""Evaluation and sampling of checkpoints (eval_lib), checked against exact answers.
+"""Evaluation and sampling of checkpoints (evaluation.loops), checked against exact answers.
 
 The network under test is ``ExactGaussian``: the exact score of the model N(0, s² I) for the
 (centered) data, with s = exp(param ``log_s``) read from the checkpoint. Its bits/dim on any
@@ -30,13 +30,13 @@ from configs.digits import get_config as digits_config  # noqa: E402
 from score_sde_jax import (  # noqa: E402
     checkpoints,
     datasets,
-    eval_io,
-    eval_lib,
-    eval_steps,
     evaluation,
     sde_lib,
     train_lib,
 )
+from score_sde_jax.evaluation import files as eval_io  # noqa: E402
+from score_sde_jax.evaluation import loops as eval_lib  # noqa: E402
+from score_sde_jax.evaluation import steps as eval_steps  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 SIZE, NUM_IMAGES = 16, 12

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -54,10 +54,23 @@ def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = Non
     return path
 
 
+def scatter_png(panels: dict[str, np.ndarray], path: str, size: int = 260, extent: float = 8.0) -> None:
+    """One square scatter panel per entry of ``panels`` ((n, 2) arrays), side by side."""
+    img = Image.new("RGB", (size * len(panels), size + 16), "white")
+    draw = ImageDraw.Draw(img)
+    for j, (title, pts) in enumerate(panels.items()):
+        x0 = j * size
+        draw.rectangle([x0, 16, x0 + size - 1, size + 15], outline=(180, 180, 180))
+        draw.text((x0 + 4, 2), title[:40], fill="black")
+        uv = (np.asarray(pts) + extent) / (2 * extent) * (size - 1)
+        for u, v in uv[(uv >= 0).all(1) & (uv < size).all(1)]:
+            draw.point((x0 + u, 16 + size - 1 - v), fill=(30, 80, 200))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img.save(path)
+
+
 def save_scatter(points: np.ndarray, path: str | Path, title: str = "samples") -> Path:
     """Scatter plot (PNG) of 2-D points (n, 2), framed to fit them (at least [-4, 4]²)."""
-    from score_sde_jax.demo_exact import scatter_png
-
     points = np.asarray(points, np.float64)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"a scatter plot needs (n, 2) points, got shape {points.shape}")

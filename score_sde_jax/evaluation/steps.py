@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 
-from score_sde_jax import datasets, likelihood, sampling, sde_lib
+from score_sde_jax import datasets, likelihood, sampling, sde_lib, train_lib
 from score_sde_jax.models import utils as mutils
 
 Array = jax.Array
@@ -99,7 +99,5 @@ def get_eval_loss_fn(config, sde: sde_lib.SDE) -> Callable[[Mapping, Array, Mapp
     """Jitted ``loss(params, rng, batch) -> scalar``: the training objective of ``config``
     (``train_lib.get_step_loss`` with ``train=False``: no dropout) on a batch whose 'image' is
     already scaled by the data scaler."""
-    from score_sde_jax import train_lib
-
     loss = train_lib.get_step_loss(config, sde, mutils.get_model(config), train=False)
     return jax.jit(lambda params, rng, batch: loss(params, rng, batch)[0])
