@@ -13,8 +13,10 @@ the config or the checkpoints are reported in one line on stderr (exit status 1)
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shlex
 import sys
 
 from absl import flags
@@ -98,11 +100,23 @@ def run(config, workdir: str, mode: str) -> None:
         jax.distributed.initialize()
     logging_utils.setup_logging()
     if mode == "train":
-        run_lib.train(config, workdir)
+        _train(config, workdir)
     elif mode == "eval":
         run_lib.evaluate(config, workdir, FLAGS.eval_folder)
     else:
         print(f"wrote {_sample(config, workdir)}")
+
+
+def _train(config, workdir: str) -> None:
+    """Train; after SIGTERM / SIGINT log the checkpoint and the resume command, and exit
+    128 + signal (143 for SIGTERM, 130 for SIGINT; see README, "Training")."""
+    from score_sde_jax import preemption, run_lib
+
+    try:
+        run_lib.train(config, workdir)
+    except preemption.TrainingStopped as e:
+        logging.warning("%s; resume with: %s", e, shlex.join(["python", *sys.argv]))
+        sys.exit(e.exit_code)
 
 
 def _sample(config, workdir: str) -> dict:
@@ -137,17 +151,19 @@ def main(argv: list[str] | None = None) -> None:
     _parse(sys.argv if argv is None else argv)
     if os.environ.get("SCORE_SDE_JAX_TRACEBACK"):
         return run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-    from score_sde_jax import checkpoints, datasets, run_lib
+    from score_sde_jax import checkpoints, datasets, preemption, run_lib
 
     expected = (ValueError, KeyError, AttributeError, FileNotFoundError,
                 checkpoints.CheckpointError, datasets.DatasetNotPreparedError,
-                run_lib.NonFiniteLossError)
+                run_lib.NonFiniteLossError, preemption.WorkdirLockedError)
     try:
         run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
     except expected as e:
         _die(f"{type(e).__name__}: {e} (SCORE_SDE_JAX_TRACEBACK=1 shows the traceback)")
     except KeyboardInterrupt:
-        _die("interrupted")
+        print("main.py: interrupted at once (nothing saved since the last checkpoint)",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,14 @@ nested dict of arrays) and ``meta`` (JSON: step and the training config).
 
 Atomicity: orbax writes ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` only once
 every item is written, so a process killed mid-save leaves at most a ``*-tmp`` directory, which
-:func:`all_steps` ignores and the next :class:`Checkpointer` deletes. Restoring checks the saved
-tree against the template first and raises :class:`MismatchedCheckpointError` naming the path
-and the first key that differs; an unreadable one raises :class:`CorruptCheckpointError`.
+:func:`all_steps` ignores and the next :class:`Checkpointer` deletes. A numbered directory
+without its ``state`` item (an empty ``mkdir``, a partial copy) is not a checkpoint either:
+:func:`all_steps` skips it with a warning, so every reader falls back to the newest complete one.
+Every path is made absolute here (orbax requires it), so relative work directories work.
+
+Restoring checks the saved tree against the template first and raises
+:class:`MismatchedCheckpointError` naming the path and the first key that differs; an
+unreadable one raises :class:`CorruptCheckpointError`.
 
 Test hook: ``SCORE_SDE_JAX_CKPT_PAUSE="during:<step>:<seconds>"`` (or ``after:...``; several
 comma-separated) sleeps while the checkpoint of ``<step>`` is half-written (or just after it is
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization, traverse_util
+from jax.experimental import multihost_utils
 
 from score_sde_jax.checkpoints_import import (  # noqa: F401 -- re-exported
     CheckpointMismatchError,
@@ -90,16 +98,32 @@ class _MetaRestore(ocp.args.JsonRestore):
 
 
 def step_dirs(workdir: str | os.PathLike) -> tuple[Path, Path]:
-    """(snapshot directory, preemption directory) of a workdir."""
-    return Path(workdir) / SNAPSHOT_DIR, Path(workdir) / PREEMPTION_DIR
+    """(snapshot directory, preemption directory) of a workdir, as absolute paths."""
+    workdir = Path(workdir).absolute()
+    return workdir / SNAPSHOT_DIR, workdir / PREEMPTION_DIR
+
+
+_warned_incomplete: set[Path] = set()
 
 
 def all_steps(directory: str | os.PathLike) -> list[int]:
-    """Steps of the complete checkpoints in ``directory`` (ascending; [] if it does not exist)."""
-    d = Path(directory)
+    """Steps of the complete checkpoints in ``directory`` (ascending; [] if it does not exist).
+
+    A numbered directory without a ``state`` folder is skipped (with one warning per path)."""
+    d = Path(directory).absolute()
     if not d.is_dir():
         return []
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir())
+    steps = []
+    for p in d.iterdir():
+        if not (p.name.isdigit() and p.is_dir()):
+            continue
+        if (p / "state").is_dir():
+            steps.append(int(p.name))
+        elif p not in _warned_incomplete:
+            _warned_incomplete.add(p)
+            logging.warning("%s is not a complete checkpoint (it has no state/ folder): "
+                            "ignored; the newest complete checkpoint is used instead", p)
+    return sorted(steps)
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
@@ -133,13 +157,26 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         meta = {"step": step, "config": _config_json(config)}
         tree = jax.tree_util.tree_map(_host_copy, serialization.to_state_dict(state))
-        if step in all_steps(self.directory):  # e.g. an unreadable one training resumed before
-            self._manager.delete(step)
+        self._remove(step)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), meta=_MetaSave(meta)), force=True)
         self._manager.wait_until_finished()
         _pause("after", step)
         return self.directory / str(step)
+
+    def _remove(self, step: int) -> None:
+        """Make room for ``step``: an unreadable checkpoint training resumed before, or a
+        numbered folder that is no checkpoint (process 0 deletes; all processes wait)."""
+        if not (self.directory / str(step)).exists():
+            return
+        self._manager.reload()
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        elif jax.process_index() == 0:
+            shutil.rmtree(self.directory / str(step))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint_remove_{step}")
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()
@@ -154,7 +191,7 @@ def _host_copy(x):
 
 def read_meta(directory: str | os.PathLike, step: int) -> dict:
     """The ``meta`` item (step, config) of a checkpoint, {} if it has none."""
-    path = Path(directory) / str(step) / "meta"
+    path = Path(directory).absolute() / str(step) / "meta"
     if not path.exists():
         return {}
     try:
@@ -213,7 +250,7 @@ def restore(directory: str | os.PathLike, template_state, step: int | None = Non
     the message of a mismatch. Raises CheckpointNotFoundError, MismatchedCheckpointError (path
     and first key that differs) or CorruptCheckpointError.
     """
-    directory = Path(directory)
+    directory = Path(directory).absolute()
     if step is None:
         step = latest_step(directory)
         if step is None:

@@ -25,9 +25,13 @@ TENSORBOARD_DIR = "tensorboard"
 
 class MetricWriter:
     """Scalars to ``workdir/tensorboard`` (tensorboardX) and ``workdir/metrics.jsonl`` (one
-    ``{"step": s, "time": unix, name: value, ...}`` record per call), images to TensorBoard."""
+    ``{"step": s, "time": unix, name: value, ...}`` record per call), images to TensorBoard.
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
+    ``purge_after=s`` (training resumed at step s): the records of later steps, written by the
+    run that stopped after its checkpoint of step s, are dropped from both."""
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None,
+                 purge_after: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = Path(workdir)
         self._tb = None
@@ -35,7 +39,10 @@ class MetricWriter:
             self.workdir.mkdir(parents=True, exist_ok=True)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
+            if purge_after is not None:
+                _drop_records_after(self.workdir / METRICS_FILE, purge_after)
+            self._tb = SummaryWriter(str(self.workdir / TENSORBOARD_DIR),
+                                     purge_step=None if not purge_after else purge_after + 1)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -60,6 +67,23 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (atomically) without the records of steps > ``step`` and without a
+    line cut short by a kill."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:

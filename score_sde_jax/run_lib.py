@@ -13,11 +13,22 @@ update that makes the step count ``s``:
 * ``s % snapshot_freq == 0`` or ``s == n_iters``: a kept snapshot ``workdir/checkpoints/<s>``
   and, with ``training.snapshot_sampling``, a sample grid ``workdir/samples/iter_<s>/``.
 
-Determinism: update ``s`` uses the key ``fold_in(state.rng, s)``, and its batch comes from a
-data stream that is restarted at every multiple ``L`` of ``gcd(snapshot_freq,
-snapshot_freq_for_preemption)`` with a seed made of ``config.seed`` and ``s // L``. A run that is
-killed and resumed from a checkpoint therefore ends with the same parameters as one that was
-never interrupted (each restart of the data stream begins a fresh epoch permutation).
+Determinism: update ``s`` uses the key ``fold_in(state.rng, s)``, and its batch is item ``s`` of
+a data stream that is restarted at every multiple ``L`` of ``gcd(snapshot_freq,
+snapshot_freq_for_preemption)`` with a seed made of ``config.seed`` and ``s // L`` (a resume at
+any step ``s`` restarts segment ``s // L`` and skips its first ``s % L`` batches). The ``e``-th
+evaluation batch comes the same way from a stream of the test split. A run that is stopped or
+killed and resumed from a checkpoint at any step therefore ends with the same parameters, and
+logs the same evaluation losses, as one that was never interrupted. (A stream restarted from a
+seed was chosen over an iterator whose state is checkpointed because every source here -- toy
+samplers, arrays, tfds ``data_source`` -- is then the same few lines, and a checkpoint carries
+no data-pipeline state that would tie it to one loader.)
+
+Stopping (:mod:`score_sde_jax.preemption`): SIGTERM / SIGINT finish the update in flight, write
+``checkpoints-meta/<s>`` and raise :class:`preemption.TrainingStopped`; ``workdir/train.lock``
+keeps a second trainer out. On resume, the snapshot (and sample grid) of the resumed step is
+written if the stopped run had not written it, and ``metrics.jsonl`` / TensorBoard records
+after that step (from the stopped run) are dropped, so the outputs match an uninterrupted run.
 
 A non-finite loss or gradient norm stops training with :class:`NonFiniteLossError` before the
 bad state is saved; the checkpoints already written stay as they are.
@@ -35,7 +46,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from score_sde_jax import checkpoints, datasets, logging_utils, sampling, sde_lib, train_lib
+from score_sde_jax import (
+    checkpoints,
+    datasets,
+    logging_utils,
+    preemption,
+    sampling,
+    sde_lib,
+    train_lib,
+)
 from score_sde_jax.evaluation import loops
 from score_sde_jax.models import utils as mutils
 
@@ -74,19 +93,33 @@ def segment_seed(config, segment: int, salt: int = 0x5DE) -> int:
     return int(np.random.SeedSequence([int(config.seed), salt, segment]).generate_state(1)[0])
 
 
-def local_batches(config, start: int) -> Iterator[dict]:
-    """This process's training batches for the updates start, start + 1, ... (see the module
-    docstring: a deterministic function of the step)."""
-    length, step = segment_length(config), start
+def _restarted_stream(config, split: str, first: int, length: int, salt: int) -> Iterator[dict]:
+    """Items first, first + 1, ... of a stream of ``split`` batches restarted every ``length``
+    items with the seed of the segment: item i is a function of (config, i) only."""
+    index = first
     while True:
-        segment = step // length
-        it = datasets.get_dataset(config, "train", evaluation=False, prefetch=0,
-                                  seed=segment_seed(config, segment))
-        for _ in range(step - segment * length):
+        segment = index // length
+        it = datasets.get_dataset(config, split, evaluation=False, prefetch=0,
+                                  seed=segment_seed(config, segment, salt))
+        for _ in range(index - segment * length):
             next(it)
-        for _ in range((segment + 1) * length - step):
+        for _ in range((segment + 1) * length - index):
             yield next(it)
-        step = (segment + 1) * length
+        index = (segment + 1) * length
+
+
+def local_batches(config, start: int) -> Iterator[dict]:
+    """This process's training batches for the updates start + 1, start + 2, ... (see the
+    module docstring: a deterministic function of the step)."""
+    return _restarted_stream(config, "train", start, segment_length(config), 0x5DE)
+
+
+def eval_batches(config, start: int) -> Iterator[dict]:
+    """This process's test batches for the evaluations after step ``start`` (the e-th
+    evaluation, at step e * eval_freq, takes item e - 1 whatever step training resumed at)."""
+    freq = int(config.training.eval_freq)
+    return _restarted_stream(config, "test", start // freq,
+                             max(1, segment_length(config) // freq), 0xE7A)
 
 
 def chunk_sizes(start: int, stop: int, k: int) -> Iterator[int]:
@@ -139,7 +172,7 @@ class _Feed:
         self._thread.join(timeout=5)
 
 
-def _restore_latest(template, workdir: str, config):
+def _restore_latest(template, workdir: Path, config):
     """(state, path) of the newest readable checkpoint in workdir, or (template, None)."""
     # newest first; at equal steps the preemption checkpoint (the one meant for resuming)
     found = [(s, d) for d in checkpoints.step_dirs(workdir)
@@ -201,7 +234,7 @@ def _make_sampler(config, mesh):
     return train_lib.cached_jit(("sampler", mesh), config, build)
 
 
-def _write_samples(config, sampler, state, workdir: str, step: int) -> None:
+def _write_samples(config, sampler, state, workdir: Path, step: int) -> None:
     x = sampler(state.params_ema, jax.random.fold_in(jax.random.fold_in(state.rng, 2), step))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -214,16 +247,39 @@ def _write_samples(config, sampler, state, workdir: str, step: int) -> None:
         logging.info("step %d: samples written to %s", step, path)
 
 
-def train(config, workdir: str, mesh=None) -> train_lib.TrainState:
+def train(config, workdir: str | Path, mesh=None) -> train_lib.TrainState:
     """Train (or resume training) ``config`` in ``workdir``; returns the final state.
 
     ``mesh``: the data-parallel mesh (default ``train_lib.make_mesh()``: every device of every
-    process); ``train_lib.make_mesh(devices)`` trains on fewer."""
+    process); ``train_lib.make_mesh(devices)`` trains on fewer. Raises
+    :class:`preemption.WorkdirLockedError` (another live run trains ``workdir``; nothing is
+    written) and, after SIGTERM / SIGINT, :class:`preemption.TrainingStopped` once the
+    checkpoint of the current step is written."""
     k = _validate(config)
-    t = config.training
     mesh = mesh or train_lib.make_mesh()
-    train_lib.check_batch_size(int(t.batch_size), mesh)
-    Path(workdir).mkdir(parents=True, exist_ok=True)
+    train_lib.check_batch_size(int(config.training.batch_size), mesh)
+    workdir = Path(workdir).absolute()  # orbax and the messages want absolute paths
+    with preemption.WorkdirLock(workdir), preemption.StopSignals() as stop:
+        return _train(config, workdir, mesh, k, stop)
+
+
+def _complete_resumed_step(config, state, workdir: Path, snapshots, sampler) -> str | None:
+    """The snapshot (and sample grid) of the resumed step when an uninterrupted run would
+    have written it and the stopped run had not; returns the snapshot path if written."""
+    step, t = int(jax.device_get(state.step)), config.training
+    if step == 0 or (step % int(t.snapshot_freq) and step != int(t.n_iters)):
+        return None
+    path = None
+    if step not in checkpoints.all_steps(snapshots.directory):
+        path = snapshots.save(state, config)
+        logging.info("step %d: wrote the missing snapshot %s", step, path)
+    if sampler is not None and not (workdir / "samples" / f"iter_{step}" / "sample.npz").exists():
+        _write_samples(config, sampler, state, workdir, step)
+    return None if path is None else str(path)
+
+
+def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
+    t = config.training
     template = train_lib.abstract_train_state(config, train_lib.replicated(mesh))
     state, resumed = _restore_latest(template, workdir, config)
     if resumed is None:
@@ -233,23 +289,27 @@ def train(config, workdir: str, mesh=None) -> train_lib.TrainState:
     logging.info("%s at step %d of %d on %d device(s), %d process(es)",
                  f"resuming from {resumed}" if resumed else "starting", start, n_iters,
                  mesh.devices.size, jax.process_count())
-    if start >= n_iters:
-        return state
     last_good = f"the last checkpoint is {resumed}" if resumed else "no checkpoint was written"
 
     snap_dir, meta_dir = checkpoints.step_dirs(workdir)
-    snapshots, preemption = checkpoints.Checkpointer(snap_dir), checkpoints.Checkpointer(meta_dir, 1)
-    steps = {n: train_lib.compile_train_step(config, mesh, n) for n in {1, k}}
-    eval_step = train_lib.compile_eval_step(config, mesh)
-    eval_data = datasets.get_dataset(config, "test", evaluation=False, prefetch=0,
-                                     seed=segment_seed(config, start, salt=0xE7A))
+    # creating the managers removes the *.orbax-checkpoint-tmp left by a killed run
+    snapshots, preemption_ckpt = (checkpoints.Checkpointer(snap_dir),
+                                  checkpoints.Checkpointer(meta_dir, 1))
     sample = t.get("snapshot_sampling", False) and t.get("task", "score") == "score"
     sampler = _make_sampler(config, mesh) if sample else None
-    feed = _Feed(local_batches(config, start), chunk_sizes(start, n_iters, k), mesh)
-    writer = logging_utils.MetricWriter(workdir)
-    progress = logging_utils.Progress(start, n_iters)
-    step, pending = start, None
+    feed = writer = progress = None
     try:
+        written = _complete_resumed_step(config, state, workdir, snapshots, sampler)
+        last_good = f"the last checkpoint is {written}" if written else last_good
+        if start >= n_iters:
+            return state
+        steps = {n: train_lib.compile_train_step(config, mesh, n) for n in {1, k}}
+        eval_step = train_lib.compile_eval_step(config, mesh)
+        eval_data = eval_batches(config, start)
+        feed = _Feed(local_batches(config, start), chunk_sizes(start, n_iters, k), mesh)
+        writer = logging_utils.MetricWriter(workdir, purge_after=start)
+        progress = logging_utils.Progress(start, n_iters)
+        step, pending = start, None
         for n in chunk_sizes(start, n_iters, k):
             state, metrics = steps[n](state, feed.get())
             if pending is not None:  # the previous call's metrics, fetched one call late
@@ -257,7 +317,10 @@ def train(config, workdir: str, mesh=None) -> train_lib.TrainState:
             pending, step = (step, metrics), step + n
             progress.update(step)
             crossed = lambda freq, s=step, m=n: (s // freq) > ((s - m) // freq)  # noqa: E731
-            if not any(crossed(int(t[key])) for key in _FREQ_KEYS) and step != n_iters:
+            boundary = any(crossed(int(t[key])) for key in _FREQ_KEYS) or step == n_iters
+            # every process polls at the same steps; with several, only where all wait anyway
+            signum = stop.poll(sync=boundary) if step < n_iters else 0
+            if not boundary and not signum:
                 continue
             _check_finite(*pending, last_good)
             pending = None
@@ -273,19 +336,21 @@ def train(config, workdir: str, mesh=None) -> train_lib.TrainState:
                 values = {f"eval_{key}": float(v) for key, v in eval_step(state, batch).items()}
                 logging.info("step %d: %s", step, logging_utils.format_metrics(values))
                 writer.scalars(step, values)
-            if crossed(int(t.snapshot_freq_for_preemption)):
-                last_good = f"the last checkpoint is {preemption.save(state, config)}"
+            stop_path = None
+            if crossed(int(t.snapshot_freq_for_preemption)) or signum:
+                stop_path = preemption_ckpt.save(state, config)
+                last_good = f"the last checkpoint is {stop_path}"
             if crossed(int(t.snapshot_freq)) or step == n_iters:
                 last_good = f"the last checkpoint is {snapshots.save(state, config)}"
                 if sampler is not None:
                     _write_samples(config, sampler, state, workdir, step)
             writer.flush()
+            if signum:
+                raise preemption.TrainingStopped(signum, step, stop_path)
     finally:
-        feed.close()
-        progress.close()
-        writer.close()
-        snapshots.close()
-        preemption.close()
+        for closing in (feed, progress, writer, snapshots, preemption_ckpt):
+            if closing is not None:
+                closing.close()
     logging.info("finished at step %d; %s", step, last_good)
     return state
 
