@@ -18,8 +18,9 @@ Restoring checks the saved tree against the template first and raises
 unreadable one raises :class:`CorruptCheckpointError`.
 
 Test hook: ``SCORE_SDE_JAX_CKPT_PAUSE="during:<step>:<seconds>"`` (or ``after:...``; several
-comma-separated) sleeps while the checkpoint of ``<step>`` is half-written (or just after it is
-complete), so that tests can kill the process at that moment.
+comma-separated; ``...:<seconds>:checkpoints`` for the snapshots only, ``:checkpoints-meta`` for
+the preemption checkpoints only) sleeps while the checkpoint of ``<step>`` is half-written (or
+just after it is complete), so that tests can kill or signal the process at that moment.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ class CorruptCheckpointError(CheckpointError):
     """The checkpoint's files cannot be read."""
 
 
-def _pause(phase: str, step: int) -> None:
+def _pause(phase: str, step: int, directory: str) -> None:
     for rule in filter(None, os.environ.get(PAUSE_ENV, "").split(",")):
-        when, at, seconds = rule.split(":")
-        if when == phase and int(at) == step:
+        when, at, seconds, *where = rule.split(":")
+        if when == phase and int(at) == step and where in ([], [directory]):
             time.sleep(float(seconds))
 
 
@@ -81,7 +82,7 @@ class _MetaHandler(ocp.JsonCheckpointHandler):
 
     async def async_save(self, directory, item=None, args=None):
         futures = await super().async_save(directory, item, args)
-        _pause("during", int(args.item["step"]))
+        _pause("during", int(args.item["step"]), epath.Path(directory).parent.parent.name)
         return futures
 
 
@@ -161,7 +162,7 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), meta=_MetaSave(meta)), force=True)
         self._manager.wait_until_finished()
-        _pause("after", step)
+        _pause("after", step, self.directory.name)
         return self.directory / str(step)
 
     def _remove(self, step: int) -> None:

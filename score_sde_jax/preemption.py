@@ -77,8 +77,8 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+        for s, handler in self._previous.items():  # None: a handler installed outside Python
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:

@@ -47,15 +47,19 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def main_cmd(workdir, mode: str = "train", config: str = "configs/toy_gmm.py", **overrides) -> list[str]:
-    return [sys.executable, str(ROOT / "main.py"), f"--config={ROOT / config}",
+def main_cmd(workdir, mode: str = "train", config: str = "configs/toy_gmm.py",
+             from_root: bool = False, **overrides) -> list[str]:
+    """main.py's command line; ``from_root``: as typed in the repository root (relative
+    main.py and config paths), else absolute ones (for any current directory)."""
+    where = Path() if from_root else ROOT
+    return [sys.executable, str(where / "main.py"), f"--config={where / config}",
             f"--workdir={workdir}", f"--mode={mode}", *cli_overrides(**overrides)]
 
 
-def run_main(workdir, *extra_args: str, env=None, timeout: float = 120, **overrides):
-    """Run main.py to completion; returns the CompletedProcess (text output)."""
-    return subprocess.run([*main_cmd(workdir, **overrides), *extra_args], cwd=ROOT,
-                          env=env or subprocess_env(), capture_output=True, text=True,
+def run_main(workdir, *extra_args: str, env=None, timeout: float = 240, cwd=ROOT, **overrides):
+    """Run main.py to completion (from ``cwd``); returns the CompletedProcess (text output)."""
+    return subprocess.run([*main_cmd(workdir, from_root=cwd == ROOT, **overrides), *extra_args],
+                          cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
