@@ -1,24 +1,33 @@
 """Multi-host data parallelism for real: two processes on 127.0.0.1 (jax.distributed with gloo
 CPU collectives, 2 devices each), each feeding its own half of every global batch, end with the
 parameters of one process that sees the whole batch; the full training loop (orbax checkpoints
-written and resumed collectively) runs across the two processes too.
+written and resumed collectively) runs across the two processes too, and a SIGTERM to one of
+them stops both at the same step with one checkpoint, from which the resumed run ends exactly
+where an uninterrupted one does.
 
 Run as a script, this file is one of the two worker processes.
 """
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 from training_helpers import ROOT, max_abs_diff, subprocess_env, tiny_toy_config
 
-from score_sde_jax import checkpoints, train_lib
+from score_sde_jax import checkpoints, preemption, train_lib
 
 N_STEPS, GLOBAL_BATCH = 3, 64
 # numpy-sampled toy data; dropout on, so that the per-example keys must line up across hosts
 STEP_CONFIG = {"model.dropout": 0.3, "optim.warmup": 1, "data.dataset": "CHECKERBOARD"}
+# the stop run: processes agree at every log step (2, 4, ...); data segments of 4 steps
+STOP_CONFIG = {**STEP_CONFIG, "training.n_iters": 12, "training.log_freq": 2,
+               "training.snapshot_freq": 12, "training.snapshot_freq_for_preemption": 4}
 
 
 def global_batches():
@@ -57,7 +66,23 @@ def worker(process_id: int, port: int, workdir: str) -> None:
     run_lib.train(tiny_toy_config(**STEP_CONFIG, **{"training.n_iters": 5}), f"{workdir}/run")
     run_lib.train(tiny_toy_config(**STEP_CONFIG, **{"training.n_iters": 10}),  # resumes at 5
                   f"{workdir}/run")
+
+    # process 1 pauses after the checkpoint of step 4, and the test sends it (only) SIGTERM
+    config = tiny_toy_config(**STOP_CONFIG)
+    if process_id == 1:
+        os.environ[checkpoints.PAUSE_ENV] = "after:4:4"
+    try:
+        run_lib.train(config, f"{workdir}/stopped")
+        stopped = {}
+    except preemption.TrainingStopped as e:
+        stopped = {"step": e.step, "path": str(e.path), "exit_code": e.exit_code}
+    os.environ.pop(checkpoints.PAUSE_ENV, None)
+    with open(f"{workdir}/stopped_{process_id}.json", "w") as f:
+        json.dump(stopped, f)
+    run_lib.train(config, f"{workdir}/stopped")  # resumed (in the same processes, to save time)
+    run_lib.train(config, f"{workdir}/uninterrupted")
     jax.distributed.shutdown()
+    sys.exit(stopped.get("exit_code", 0))
 
 
 def _free_port() -> int:
@@ -72,6 +97,13 @@ def test_two_processes_train_like_one(tmp_path):
     procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
+    meta = tmp_path / "stopped" / "checkpoints-meta"
+    start = time.monotonic()
+    while checkpoints.all_steps(meta) != [4]:  # process 1 now pauses 4 s
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs]
+        assert time.monotonic() - start < 240, "timed out"
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)
     single = train_steps()  # meanwhile: one process (8 devices here) on the whole batches
     outputs = []
     for p in procs:
@@ -80,7 +112,7 @@ def test_two_processes_train_like_one(tmp_path):
         finally:
             p.kill()
     for p, err in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-4000:]
+        assert p.returncode == 143, err[-4000:]  # both stopped for SIGTERM
 
     saved = np.load(tmp_path / "params.npz")
     leaves = jax.tree_util.tree_leaves_with_path(single.params)
@@ -97,6 +129,17 @@ def test_two_processes_train_like_one(tmp_path):
                                    train_lib.abstract_train_state(tiny_toy_config(**STEP_CONFIG)))
     assert int(restored.step) == 10
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(restored))
+
+    # SIGTERM to process 1 only: both stopped after update 6 with checkpoints-meta/6
+    for i in range(2):
+        assert json.loads((tmp_path / f"stopped_{i}.json").read_text()) == {
+            "step": 6, "path": str(meta / "6"), "exit_code": 143}
+    assert "received SIGTERM" in outputs[1] and "received SIGTERM" not in outputs[0]
+    template = train_lib.abstract_train_state(tiny_toy_config(**STOP_CONFIG))
+    got, want = (checkpoints.restore(tmp_path / run / "checkpoints", template, 12)
+                 for run in ("stopped", "uninterrupted"))
+    assert checkpoints.all_steps(tmp_path / "stopped" / "checkpoints") == [12]
+    assert max_abs_diff(got, want) == 0.0  # params, EMA, Adam moments, rng
 
 
 if __name__ == "__main__":
