@@ -222,7 +222,7 @@ def _one_pass_batches(n: int, batch_size: int, shard: tuple[int, int],
 def get_dataset(config, split: str = "train", evaluation: bool = False,
                 shard: tuple[int, int] | None = None, uniform_dequantization: bool | None = None,
                 drop_remainder: bool = True, prefetch: int | None = None,
-                seed: int | None = None) -> BatchIterator:
+                seed: int | None = None, start: int = 0) -> BatchIterator:
     """Batches of ``config``'s dataset for this process (see the module docstring).
 
     Args:
@@ -237,6 +237,8 @@ def get_dataset(config, split: str = "train", evaluation: bool = False,
       prefetch: batches prepared ahead in a thread (default ``config.data.prefetch`` or 2).
       seed: default ``config.seed``; seeds the shuffling and the flip / dequantization noise, so
         pass a different one for each repeat of a dequantized (bits/dim) evaluation pass.
+      start: training-style iterators begin with batch ``start`` of the stream, as if that many
+        batches had been drawn, without loading their examples (resuming training mid-stream).
     Returns:
       An iterator of ``{'image': (B, H, W, C) or (B, D) float32, 'label': (B,) int32}``.
     """
@@ -260,6 +262,9 @@ def get_dataset(config, split: str = "train", evaluation: bool = False,
             raise ValueError(f"config.data.dim={data.dim} but the toy distribution has "
                              f"dimension {dim}")
         if not evaluation:
+            for _ in range(start):
+                sampler(rng, batch_size)
+
             def fresh() -> Iterator[Batch]:
                 while True:
                     x, y = sampler(rng, batch_size)
@@ -287,5 +292,14 @@ def get_dataset(config, split: str = "train", evaluation: bool = False,
     if len(source) < count:
         raise ValueError(f"{len(source)} examples cannot be shared by {count} processes")
     stream = _epoch_stream(len(source), (seed, split_id), (index, count))
+    if start:  # the indices and the noise draws of the skipped batches, without their images
+        _take(stream, start * batch_size)
+        if flip or dequantize:
+            shape = (batch_size, *source.get_batch(np.zeros(1, np.int64))[0].shape[1:])
+            for _ in range(start if len(shape) == 4 else 0):  # as _augment draws them
+                if flip:
+                    rng.random(batch_size)
+                if dequantize:
+                    rng.random(shape, dtype=np.float32)
     batches = (make(_take(stream, batch_size)) for _ in itertools.count())
     return BatchIterator(batches, None, prefetch)

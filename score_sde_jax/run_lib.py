@@ -100,9 +100,8 @@ def _restarted_stream(config, split: str, first: int, length: int, salt: int) ->
     while True:
         segment = index // length
         it = datasets.get_dataset(config, split, evaluation=False, prefetch=0,
-                                  seed=segment_seed(config, segment, salt))
-        for _ in range(index - segment * length):
-            next(it)
+                                  seed=segment_seed(config, segment, salt),
+                                  start=index - segment * length)
         for _ in range((segment + 1) * length - index):
             yield next(it)
         index = (segment + 1) * length

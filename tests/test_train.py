@@ -225,3 +225,18 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         assert checkpoints.all_steps(directory) == [10]
     kept = checkpoints.restore(tmp_path / "checkpoints-meta", train_lib.abstract_train_state(config))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(kept))
+
+
+def test_the_data_stream_starts_mid_segment_without_drawing_the_skipped_batches():
+    """Batch k of a resumed stream (flips and dequantization noise included) is batch k of the
+    uninterrupted one, for image and toy data, and within and across data segments."""
+    images = digits_config()
+    images.data.random_flip, images.data.uniform_dequantization = True, True
+    images.training.batch_size, images.training.snapshot_freq = 16, 6
+    images.training.snapshot_freq_for_preemption = 4  # segments of 2 steps
+    for config in (images, tiny_toy_config()):
+        whole = [b for _, b in zip(range(7), run_lib.local_batches(config, 0), strict=False)]
+        for start in (1, 3, 5):
+            resumed = [b for _, b in zip(range(7 - start), run_lib.local_batches(config, start),
+                                         strict=False)]
+            assert max_abs_diff(resumed, whole[start:]) == 0.0
