@@ -16,10 +16,11 @@ update that makes the step count ``s``:
 Determinism: update ``s`` uses the key ``fold_in(state.rng, s)``, and its batch is item ``s`` of
 a data stream that is restarted at every multiple ``L`` of ``gcd(snapshot_freq,
 snapshot_freq_for_preemption)`` with a seed made of ``config.seed`` and ``s // L`` (a resume at
-any step ``s`` restarts segment ``s // L`` and skips its first ``s % L`` batches). The ``e``-th
-evaluation batch comes the same way from a stream of the test split. A run that is stopped or
-killed and resumed from a checkpoint at any step therefore ends with the same parameters, and
-logs the same evaluation losses, as one that was never interrupted. (A stream restarted from a
+any step ``s`` restarts segment ``s // L`` at its batch ``s % L``, without loading the skipped
+examples: ``datasets.get_dataset(start=...)``). The ``e``-th evaluation batch comes the same
+way from a stream of the test split. A run that is stopped or killed and resumed from a
+checkpoint at any step therefore ends with the same parameters, and logs the same evaluation
+losses, as one that was never interrupted. (A stream restarted from a
 seed was chosen over an iterator whose state is checkpointed because every source here -- toy
 samplers, arrays, tfds ``data_source`` -- is then the same few lines, and a checkpoint carries
 no data-pipeline state that would tie it to one loader.)
