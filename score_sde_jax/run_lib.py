@@ -20,10 +20,10 @@ any step ``s`` restarts segment ``s // L`` at its batch ``s % L``, without loadi
 examples: ``datasets.get_dataset(start=...)``). The ``e``-th evaluation batch comes the same
 way from a stream of the test split. A run that is stopped or killed and resumed from a
 checkpoint at any step therefore ends with the same parameters, and logs the same evaluation
-losses, as one that was never interrupted. (A stream restarted from a
-seed was chosen over an iterator whose state is checkpointed because every source here -- toy
-samplers, arrays, tfds ``data_source`` -- is then the same few lines, and a checkpoint carries
-no data-pipeline state that would tie it to one loader.)
+losses, as one that was never interrupted. (A stream restarted from a seed was chosen over an
+iterator whose state is checkpointed because every source here -- toy samplers, arrays, tfds
+``data_source`` -- is then the same few lines, and a checkpoint carries no data-pipeline state
+that would tie it to one loader.)
 
 Stopping (:mod:`score_sde_jax.preemption`): SIGTERM / SIGINT finish the update in flight, write
 ``checkpoints-meta/<s>`` and raise :class:`preemption.TrainingStopped`; ``workdir/train.lock``
@@ -109,8 +109,8 @@ def _restarted_stream(config, split: str, first: int, length: int, salt: int) ->
 
 
 def local_batches(config, start: int) -> Iterator[dict]:
-    """This process's training batches for the updates start + 1, start + 2, ... (see the
-    module docstring: a deterministic function of the step)."""
+    """This process's training batches for the updates start, start + 1, ... (update s turns
+    step s into s + 1; see the module docstring: a deterministic function of the step)."""
     return _restarted_stream(config, "train", start, segment_length(config), 0x5DE)
 
 
