@@ -44,6 +44,13 @@ def _wait_for(predicate, proc, timeout=240.0):
         time.sleep(0.02)
 
 
+def _only(directory, step) -> bool:
+    """``directory`` holds the complete checkpoint ``step`` and nothing else (the older one
+    is deleted, not just being deleted)."""
+    return directory.is_dir() and os.listdir(directory) == [str(step)] \
+        and checkpoints.all_steps(directory) == [step]
+
+
 def _files(workdir):
     """Every file of a work directory with its size and mtime (but the lock's heartbeat)."""
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob("*")
@@ -51,10 +58,11 @@ def _files(workdir):
 
 
 def test_stopped_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
-    """From another current directory with ``--workdir run``: SIGTERM at step 6, a second
-    trainer refused while one is live, Ctrl-C twice at step 10, Ctrl-C at step 16, SIGKILL
-    while the final snapshot is half-written; the resumed runs write the snapshots the stopped
-    ones missed and end exactly where an uninterrupted run (from the repository root) does."""
+    """From another current directory with ``--workdir run``: SIGTERM at step 6; while a run
+    is live, a second trainer is refused and sampling works; Ctrl-C twice at step 10, Ctrl-C at
+    step 16, SIGKILL while the final snapshot is half-written; the resumed runs write the
+    snapshots the stopped ones missed and end exactly where an uninterrupted run (from the
+    repository root, run twice) does."""
     rel_ref = os.path.relpath(tmp_path / "reference", ROOT)  # relative to the repository root
     reference = run_main(rel_ref, env=_env(tmp_path), **FLOW)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -75,7 +83,7 @@ def test_stopped_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_pat
 
     # 1. SIGTERM while paused after the checkpoint of 5: the update in flight (6) is finished
     proc = start("after:5:3")
-    _wait_for(lambda: checkpoints.all_steps(meta) == [5], proc)
+    _wait_for(lambda: _only(meta, 5), proc)
     proc.send_signal(signal.SIGTERM)
     rc, err = finish(proc)
     assert rc == 143, err[-3000:]
@@ -85,15 +93,19 @@ def test_stopped_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_pat
     assert checkpoints.all_steps(meta) == [6] and checkpoints.all_steps(snaps) == []
 
     # 2. resumed and paused after the checkpoint of 10: a second trainer is refused at once and
-    #    writes nothing; then Ctrl-C twice stops at once (no snapshot 10: it came next)
+    #    writes nothing, sampling reads the live work directory; then Ctrl-C twice stops at
+    #    once (no snapshot 10: it came next)
     proc = start("after:10:120")
-    _wait_for(lambda: checkpoints.all_steps(meta) == [10], proc)
+    _wait_for(lambda: _only(meta, 10), proc)
     before = _files(workdir)
     second = run_main("run", cwd=cwd, env=_env(tmp_path), **FLOW)
     assert second.returncode == 1
     assert (f"is being trained by pid {proc.pid} on host {socket.gethostname()}, started "
             in second.stderr.splitlines()[-1]), second.stderr[-3000:]
     assert _files(workdir) == before
+    sampled = run_main("run", cwd=cwd, env=_env(tmp_path), mode="sample", **SAMPLE)  # no lock
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert list((workdir / "samples").glob("*step_10.npz"))
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -104,7 +116,7 @@ def test_stopped_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_pat
 
     # 3. resumed: writes the missing snapshot 10; Ctrl-C after the checkpoint of 15 stops at 16
     proc = start("after:15:3")
-    _wait_for(lambda: checkpoints.all_steps(meta) == [15], proc)
+    _wait_for(lambda: _only(meta, 15), proc)
     proc.send_signal(signal.SIGINT)
     rc, err = finish(proc)
     assert rc == 130 and "stopped by SIGINT at step 16" in err, err[-3000:]
@@ -131,9 +143,6 @@ def test_stopped_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_pat
                   for r in logging_utils.read_metrics(d)] for d in (workdir, tmp_path / "reference"))
     assert [r["step"] for r in got] == [4, 5, 8, 10, 12, 15, 16, 20, 20]  # no duplicates
     assert got == want  # training and evaluation losses, bitwise
-    sampled = run_main("run", cwd=cwd, env=_env(tmp_path), mode="sample", **SAMPLE)
-    assert sampled.returncode == 0, sampled.stderr[-3000:]
-    assert list((workdir / "samples").glob("*.npz"))
     assert not (workdir / preemption.LOCK_FILE).exists()
 
 
