@@ -13,6 +13,7 @@ the config or the checkpoints are reported in one line on stderr (exit status 1)
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -22,6 +23,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from score_sde_jax import cli
+
 FLAGS = flags.FLAGS
 MODES = ("train", "eval", "sample")
 
@@ -30,8 +33,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (a get_c
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
 flags.DEFINE_enum("mode", None, list(MODES), "Running mode: train, eval or sample.")
 flags.DEFINE_string("eval_folder", "eval", "Folder (under workdir) for evaluation results.")
-flags.DEFINE_integer("num_samples", None, "sample mode: number of samples "
-                     "(default config.eval.batch_size).")
+flags.DEFINE_integer("num_samples", None, "sample mode: number of samples (default "
+                     "config.eval.batch_size; inpainting / colorization of one image: that many "
+                     "draws of it).", lower_bound=1)
 flags.DEFINE_integer("step", None, "sample mode: checkpoint step (default: the latest).")
 flags.DEFINE_string("sample_dir", None, "sample mode: output folder (default workdir/samples).")
 flags.DEFINE_string("inpaint_image", None, "sample mode: inpaint this image (PNG/npz; with "
@@ -47,12 +51,16 @@ flags.DEFINE_float("guidance_scale", 1.0, "sample mode: scale of the classifier 
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
                   "GPU/CPU clusters; Cloud TPU pods and SLURM are detected automatically, else "
                   "set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).")
+flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs on disk and reuse them "
+                  "in later runs (JAX's persistent compilation cache).")
+flags.DEFINE_string("compilation_cache_dir", None, "Folder of the compilation cache (default "
+                    "$SCORE_SDE_JAX_CACHE or ~/.cache/score_sde_jax/jax).")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
+PROG = "main.py"
 
 
-def _die(message: str) -> None:
-    print(f"main.py: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(1)
+def _die(message: object) -> None:
+    cli.die(PROG, message)
 
 
 def _override_error(e: Exception, argv: list[str]) -> str:
@@ -76,6 +84,34 @@ def _config_path(argv: list[str]) -> str:
     return ""
 
 
+def _scalar_for_tuple(argv: list[str], configs: dict) -> str | None:
+    """The first ``--config.a.b=3`` whose key holds a tuple but whose value is a single
+    number or string (ml_collections silently turns it into ``(3,)``), as an error message."""
+    for i, arg in enumerate(argv):
+        name, eq, text = arg[2:].partition("=")
+        prefix, _, key = name.partition(".")
+        if not arg.startswith("--") or prefix not in configs or not key:
+            continue
+        if not eq:  # --config.a.b 3
+            if i + 1 >= len(argv):
+                continue
+            arg, text = f"{arg}={argv[i + 1]}", argv[i + 1]
+        try:
+            value = configs[prefix]
+            for part in key.split("."):
+                value = value[part]
+        except (KeyError, AttributeError, TypeError):
+            continue
+        try:
+            given = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            given = text
+        if isinstance(value, tuple) and not isinstance(given, tuple | list):
+            return (f"{arg}: {prefix}.{key} is a tuple (now {value}); write "
+                    f"--{prefix}.{key}='({text.strip()},)' for a single element")
+    return None
+
+
 def _parse(argv: list[str]) -> None:
     try:
         FLAGS(argv)
@@ -83,12 +119,22 @@ def _parse(argv: list[str]) -> None:
     except flags.Error as e:
         _die(e)
     except (AttributeError, KeyError) as e:
+        path = _config_path(argv)
+        if "has no attribute 'get_config'" in str(e):
+            _die(f"--config={path} has no get_config() function (a config file defines "
+                 "get_config() returning an ml_collections.ConfigDict)")
         _die(_override_error(e, argv))
     except Exception as e:  # noqa: BLE001 -- a config file that fails to load
         path = _config_path(argv)
         if not os.path.isfile(path):
             _die(f"--config={path}: no such config file")
         _die(f"--config={path} cannot be loaded: {type(e).__name__}: {e}")
+    configs = {"config": FLAGS.config}
+    if FLAGS.classifier_config is not None:
+        configs["classifier_config"] = FLAGS.classifier_config
+    problem = _scalar_for_tuple(argv, configs)
+    if problem:
+        _die(problem)
 
 
 def run(config, workdir: str, mode: str) -> None:
@@ -104,7 +150,19 @@ def run(config, workdir: str, mode: str) -> None:
     elif mode == "eval":
         run_lib.evaluate(config, workdir, FLAGS.eval_folder)
     else:
-        print(f"wrote {_sample(config, workdir)}")
+        print(_wrote(_sample(config, workdir)))
+
+
+def _wrote(paths: dict) -> str:
+    """``wrote a.npz and a.png: 16 samples, 1000 NFE per batch`` for the files of a sample run."""
+    import numpy as np
+
+    written = [str(p) for p in paths.values() if p is not None]
+    with np.load(paths["npz"]) as data:
+        count = len(data["samples"])
+        nfe = sorted({int(n) for n in np.ravel(data["nfe"])}) if "nfe" in data.files else []
+    what = f"{count} samples" + (f", {'/'.join(map(str, nfe))} NFE per batch" if nfe else "")
+    return f"wrote {' and '.join(written)}: {what}"
 
 
 def _train(config, workdir: str) -> None:
@@ -123,7 +181,7 @@ def _sample(config, workdir: str) -> dict:
     """Plain, inpainting, colorization or class-conditional sampling, as the flags ask."""
     from score_sde_jax import controllable_cli, run_lib
 
-    num = FLAGS.num_samples or int(config.eval.batch_size)
+    num = FLAGS.num_samples or int(config.eval.batch_size)  # num_samples >= 1 (lower_bound)
     out = FLAGS.sample_dir or os.path.join(workdir, "samples")
     chosen = [name for name in ("inpaint_image", "colorize_image", "class_label")
               if getattr(FLAGS, name) is not None]
@@ -135,9 +193,10 @@ def _sample(config, workdir: str) -> dict:
         if FLAGS.inpaint_mask is None:
             raise ValueError("--inpaint_image needs --inpaint_mask")
         return controllable_cli.inpaint(config, workdir, FLAGS.inpaint_image, FLAGS.inpaint_mask, out,
-                                        step=FLAGS.step)
+                                        step=FLAGS.step, num_samples=FLAGS.num_samples)
     if FLAGS.colorize_image is not None:
-        return controllable_cli.colorize(config, workdir, FLAGS.colorize_image, out, step=FLAGS.step)
+        return controllable_cli.colorize(config, workdir, FLAGS.colorize_image, out, step=FLAGS.step,
+                                         num_samples=FLAGS.num_samples)
     if FLAGS.class_label is not None:
         if FLAGS.classifier_workdir is None:
             raise ValueError("--class_label needs --classifier_workdir")
@@ -149,21 +208,14 @@ def _sample(config, workdir: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     _parse(sys.argv if argv is None else argv)
-    if os.environ.get("SCORE_SDE_JAX_TRACEBACK"):
-        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-    from score_sde_jax import checkpoints, datasets, preemption, run_lib
+    if FLAGS.compilation_cache:
+        cli.setup_compilation_cache(FLAGS.compilation_cache_dir)
+    from score_sde_jax import checkpoints, preemption, run_lib
 
-    expected = (ValueError, KeyError, AttributeError, FileNotFoundError,
-                checkpoints.CheckpointError, datasets.DatasetNotPreparedError,
-                run_lib.NonFiniteLossError, preemption.WorkdirLockedError)
-    try:
-        run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-    except expected as e:
-        _die(f"{type(e).__name__}: {e} (SCORE_SDE_JAX_TRACEBACK=1 shows the traceback)")
-    except KeyboardInterrupt:
-        print("main.py: interrupted at once (nothing saved since the last checkpoint)",
-              file=sys.stderr)
-        sys.exit(130)
+    cli.run_cli(PROG, lambda: run(FLAGS.config, FLAGS.workdir, FLAGS.mode),
+                expected=(checkpoints.CheckpointError, run_lib.NonFiniteLossError,
+                          preemption.WorkdirLockedError),
+                interrupted="interrupted at once (nothing saved since the last checkpoint)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from score_sde_jax.data.images import read_npz
 from score_sde_jax.models import utils as mutils
 
 _TORCH_MODULE_RE = re.compile(r"^all_modules\.(\d+)\.(.+)$")
@@ -211,8 +212,7 @@ def load_official_pytorch(path: str, config) -> dict:
     state_dict (its arrays are used for both params and params_ema).
     """
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            state = {k: data[k] for k in data.files}
+        state = read_npz(path)
         params = from_official_pytorch(state, config)["params"]
         return {"params": params, "params_ema": params, "step": 0}
     try:
@@ -274,7 +274,15 @@ def load_official_flax(path_or_bytes: str | os.PathLike | bytes, config) -> dict
     ``model_state``); a directory means its latest ``checkpoint_<n>``. Both trees are checked
     against this network's own parameter tree.
     """
-    state = serialization.msgpack_restore(_read_bytes(path_or_bytes))
+    what = "the bytes" if isinstance(path_or_bytes, bytes | bytearray) else os.fspath(path_or_bytes)
+    try:
+        state = serialization.msgpack_restore(_read_bytes(path_or_bytes))
+    except (ValueError, TypeError) as e:  # msgpack's ExtraData / FormatError / StackError
+        raise ValueError(f"{what} is not an official Flax checkpoint (a msgpack file): "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{what} is not an official Flax checkpoint (a msgpack file of a dict); "
+                         f"it decodes to a {type(state).__name__}")
     if "params" in state:
         params = state["params"]
     elif "optimizer" in state and "target" in state["optimizer"]:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from score_sde_jax import controllable_generation as cg
-from score_sde_jax import datasets, sampling, sde_lib
+from score_sde_jax import datasets, logging_utils, sampling, sde_lib
 from score_sde_jax.evaluation import files as io
 from score_sde_jax.evaluation.loops import load_ema_params
 from score_sde_jax.evaluation.steps import as_variables, is_flat, score_fn_builder
@@ -45,9 +45,16 @@ def _read_array(path: str | Path, what: str) -> np.ndarray:
         raise FileNotFoundError(f"{what} file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".png", ".jpg", ".jpeg"):
-        return np.asarray(Image.open(path))[None]
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im)[None]
+        except OSError as e:  # PIL.UnidentifiedImageError: not an image at all
+            raise ValueError(f"{what} file {path} is not a readable {suffix} image ({e})") from e
     if suffix == ".npy":
-        return np.load(path)
+        try:
+            return np.load(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{what} file {path} is not a readable .npy array ({e})") from e
     if suffix == ".npz":
         arrays = io.load_npz(path)
         key = next((k for k in _NPZ_KEYS if k in arrays), None)
@@ -128,11 +135,14 @@ def load_mask(path: str | Path, data_shape: tuple[int, ...]) -> np.ndarray:
 def _in_batches(config, n: int, make: Callable[[int], Callable], arrays: tuple, rng) -> np.ndarray:
     """Run ``make(batch)(rng_i, *chunks)`` over chunks of at most eval.batch_size rows."""
     batch = min(n, int(config.eval.batch_size))
-    fn = make(batch)
-    out = []
-    for i in range(math.ceil(n / batch)):
+    fn = logging_utils.announce_compile(make(batch), f"sampler (batches of {batch})")
+    out, rounds = [], math.ceil(n / batch)
+    progress = logging_utils.Progress(0, rounds, desc="sample", unit="batch")
+    for i in range(rounds):
         idx = np.minimum(np.arange(i * batch, (i + 1) * batch), n - 1)  # pad the last chunk
         out.append(np.asarray(fn(jax.random.fold_in(rng, i), *(a[idx] for a in arrays))))
+        progress.update(i + 1)
+    progress.close()
     return np.concatenate(out)[:n]
 
 
@@ -160,13 +170,26 @@ def _model(config, workdir, step):
 
 
 # ----------------------------------------------------------------------------- the three modes
+def _draws(images: np.ndarray, num_samples: int | None, path) -> np.ndarray:
+    """The inputs repeated to ``num_samples`` draws: one input is repeated, N inputs need
+    ``num_samples`` None or N."""
+    if num_samples is None or num_samples == len(images):
+        return images
+    if len(images) != 1:
+        raise ValueError(f"--num_samples={num_samples} but {path} holds {len(images)} inputs; "
+                         "give one input (drawn num_samples times) or leave --num_samples out")
+    return np.repeat(images, int(num_samples), axis=0)
+
+
 def inpaint(config, workdir: str | Path, image_path: str | Path, mask_path: str | Path,
-            out_dir: str | Path, step: int | None = None) -> dict[str, Path]:
-    """Inpaint the images of ``image_path`` where ``mask_path`` is 0 (PC inpainter).
+            out_dir: str | Path, step: int | None = None,
+            num_samples: int | None = None) -> dict[str, Path]:
+    """Inpaint the images of ``image_path`` where ``mask_path`` is 0 (PC inpainter); a single
+    image is inpainted ``num_samples`` times (independent draws) when that is given.
 
     Writes ``inpainted.{png,npz}`` and ``inpaint_input.png`` (the known pixels, unknown black).
     """
-    images = load_images(image_path, config)
+    images = _draws(load_images(image_path, config), num_samples, image_path)
     mask = load_mask(mask_path, images.shape)
     params, step, sde, eps, build = _model(config, workdir, step)
     scaler = datasets.get_data_scaler(config)
@@ -183,15 +206,16 @@ def inpaint(config, workdir: str | Path, image_path: str | Path, mask_path: str 
 
 
 def colorize(config, workdir: str | Path, image_path: str | Path, out_dir: str | Path,
-             step: int | None = None) -> dict[str, Path]:
-    """Colorize grey images (an RGB input is reduced to its grey level (R+G+B)/3).
+             step: int | None = None, num_samples: int | None = None) -> dict[str, Path]:
+    """Colorize grey images (an RGB input is reduced to its grey level (R+G+B)/3); a single
+    image is colorized ``num_samples`` times when that is given.
 
     Needs an RGB model. Writes ``colorized.{png,npz}`` and ``colorize_input.png``.
     """
     if is_flat(config) or mutils.data_shape(config)[-1] != 3:
         raise ValueError(f"colorization needs a model of RGB images; config.data gives data shape "
                          f"{mutils.data_shape(config)}")
-    images = load_images(image_path, config)
+    images = _draws(load_images(image_path, config), num_samples, image_path)
     gray = np.repeat(images.mean(axis=-1, keepdims=True), 3, axis=-1)
     params, step, sde, eps, build = _model(config, workdir, step)
     scaler = datasets.get_data_scaler(config)

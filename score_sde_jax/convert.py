@@ -28,9 +28,12 @@ import importlib.util
 import os
 import sys
 
+import jax
 import numpy as np
 
-from score_sde_jax import checkpoints_import
+from score_sde_jax import checkpoints_import, cli
+
+PROG = "python -m score_sde_jax.convert"
 
 
 def load_config(path: str):
@@ -86,7 +89,7 @@ def convert(config, checkpoint: str, out: str | None = None, workdir: str | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="config file, e.g. configs/ve/....py")
     parser.add_argument("--checkpoint", required=True, help=".pth, .npz or official Flax file")
     parser.add_argument("--out", help="output orbax checkpoint directory")
@@ -94,10 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.out is None and args.workdir is None:
         parser.error("give --out and/or --workdir")
-    config = load_config(args.config)
-    tree = convert(config, args.checkpoint, args.out, args.workdir)
-    import jax
-
+    config = cli.run_cli(PROG, lambda: load_config(args.config))
+    tree = cli.run_cli(PROG, lambda: convert(config, args.checkpoint, args.out, args.workdir),
+                       expected=(checkpoints_import.CheckpointMismatchError,))
     count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(tree["params"]))
     where = " and ".join(p for p in (args.out, args.workdir and f"{args.workdir}/checkpoints") if p)
     print(f"wrote {where}: {config.model.name}, {count:,} parameters, step {int(tree['step'])}")

@@ -180,7 +180,7 @@ def get_source(config, split: str):
     if source == "npz":
         return img.npz_source(data.get("path", ""), resize, size, channels)
     if source == "folder":
-        return img.folder_source(data.get("path", ""), resize, channels)
+        return img.folder_source(data.get("path", ""), resize, channels, size)
     if source == "digits":
         return img.digits_source(split, img.get_resize_op("DIGITS", size), size, channels)
     raise ValueError(f"config.data.source={source!r} is not one of {SOURCES}")
@@ -303,3 +303,12 @@ def get_dataset(config, split: str = "train", evaluation: bool = False,
                     rng.random(shape, dtype=np.float32)
     batches = (make(_take(stream, batch_size)) for _ in itertools.count())
     return BatchIterator(batches, None, prefetch)
+
+
+def check_data(config) -> None:
+    """Read one training batch of each split of ``config``'s data: a missing or malformed
+    ``data.path``, an unprepared tfds dataset or a batch size that does not fit the processes
+    fails here with its error (a run calls this before it creates any file)."""
+    for split in ("train", "test"):
+        next(get_dataset(config, split, evaluation=False, prefetch=0))
+

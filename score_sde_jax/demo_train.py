@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import analytic, datasets, logging_utils, run_lib, sampling, sde_lib, train_lib
+from score_sde_jax import analytic, cli, datasets, logging_utils, run_lib, sampling, sde_lib, train_lib
 from score_sde_jax.models import utils as mutils
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits_steps", type=int, default=300, help="0 skips the digits")
     args = parser.parse_args(argv)
     logging_utils.setup_logging(int(os.environ.get("SCORE_SDE_JAX_DEMO_LOGLEVEL", 30)))
+    cli.setup_compilation_cache()  # a second `make demo` skips most compiling
     workdir = Path(args.workdir)
     print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
     if args.toy_steps > 0:

@@ -243,7 +243,7 @@ def _write_samples(config, sampler, state, workdir: Path, step: int) -> None:
     if jax.process_index() == 0:
         x = datasets.get_data_inverse_scaler(config)(np.asarray(x, np.float32))
         path = logging_utils.save_samples(x, Path(workdir) / "samples" / f"iter_{step}",
-                                          f"step {step}")
+                                          logging_utils.sample_title(config, step))
         logging.info("step %d: samples written to %s", step, path)
 
 
@@ -256,6 +256,7 @@ def train(config, workdir: str | Path, mesh=None) -> train_lib.TrainState:
     written) and, after SIGTERM / SIGINT, :class:`preemption.TrainingStopped` once the
     checkpoint of the current step is written."""
     k = _validate(config)
+    datasets.check_data(config)  # bad data fails here, before anything is created
     mesh = mesh or train_lib.make_mesh()
     train_lib.check_batch_size(int(config.training.batch_size), mesh)
     workdir = Path(workdir).absolute()  # orbax and the messages want absolute paths
@@ -295,20 +296,24 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
     # creating the managers removes the *.orbax-checkpoint-tmp left by a killed run
     snapshots, preemption_ckpt = (checkpoints.Checkpointer(snap_dir),
                                   checkpoints.Checkpointer(meta_dir, 1))
+    progress = logging_utils.Progress(start, n_iters)  # compile time is left out of its rates
     sample = t.get("snapshot_sampling", False) and t.get("task", "score") == "score"
-    sampler = _make_sampler(config, mesh) if sample else None
-    feed = writer = progress = None
+    sampler = (logging_utils.announce_compile(_make_sampler(config, mesh), "snapshot sampler",
+                                              progress) if sample else None)
+    feed = writer = None
     try:
         written = _complete_resumed_step(config, state, workdir, snapshots, sampler)
         last_good = f"the last checkpoint is {written}" if written else last_good
         if start >= n_iters:
             return state
-        steps = {n: train_lib.compile_train_step(config, mesh, n) for n in {1, k}}
-        eval_step = train_lib.compile_eval_step(config, mesh)
+        steps = {n: logging_utils.announce_compile(
+            train_lib.compile_train_step(config, mesh, n),
+            "train step" + (f" ({n} updates a call)" if n > 1 else ""), progress) for n in {1, k}}
+        eval_step = logging_utils.announce_compile(train_lib.compile_eval_step(config, mesh),
+                                                   "eval step", progress)
         eval_data = eval_batches(config, start)
         feed = _Feed(local_batches(config, start), chunk_sizes(start, n_iters, k), mesh)
         writer = logging_utils.MetricWriter(workdir, purge_after=start)
-        progress = logging_utils.Progress(start, n_iters)
         step, pending = start, None
         for n in chunk_sizes(start, n_iters, k):
             state, metrics = steps[n](state, feed.get())
@@ -343,7 +348,9 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
             if crossed(int(t.snapshot_freq)) or step == n_iters:
                 last_good = f"the last checkpoint is {snapshots.save(state, config)}"
                 if sampler is not None:
-                    _write_samples(config, sampler, state, workdir, step)
+                    with progress.paused(f"step {step}: drawing {int(t.batch_size)} snapshot "
+                                         f"samples ({config.sampling.method})"):
+                        _write_samples(config, sampler, state, workdir, step)
             writer.flush()
             if signum:
                 raise preemption.TrainingStopped(signum, step, stop_path)

@@ -189,6 +189,10 @@ def test_convert_cli_writes_orbax(case, tmp_path, monkeypatch, capsys):
     pth = tmp_path / "checkpoint_8.pth"
     pth.write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ImportError, match="pip install torch"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a one-line error
         convert.main(["--config", str(config_file), "--checkpoint", str(pth), "--out",
                       str(tmp_path / "out_pth")])
+    err = capsys.readouterr().err
+    assert err.startswith("python -m score_sde_jax.convert: error: ImportError: reading")
+    assert "pip install torch" in err and len(err.splitlines()) == 1

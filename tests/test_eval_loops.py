@@ -276,8 +276,8 @@ def test_sample_writes_grid_and_npz_with_the_model_spread(workdir, tmp_path):
     # data space: N(1/2, (s/2)^2) per pixel; 1536 values give the spread to a few percent
     assert np.std(data["samples_float"]) == pytest.approx(0.2, rel=0.1)
     assert np.mean(data["samples_float"]) == pytest.approx(0.5, abs=0.03)
-    with Image.open(paths["png"]) as im:  # 3 x 2 grid of 16 px images, 2 px padding
-        assert im.size == (3 * 18 + 2, 2 * 18 + 2) and im.mode == "L"
+    with Image.open(paths["png"]) as im:  # 3 x 2 grid of 16 px images enlarged 11x (>= 512 px)
+        assert im.size == (3 * (11 * 16 + 2) + 2, 2 * (11 * 16 + 2) + 2) and im.mode == "L"
 
     config.sampling.method = "ode"
     paths = eval_lib.sample(config, workdir / "run", 8, tmp_path, step=5)  # s = 0.5

@@ -73,6 +73,9 @@ def test_train_then_sample_then_a_mismatched_config(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     (npz,) = sample_dir.glob("*.npz")
+    with np.load(npz) as f:  # the paths, plainly, with the NFE
+        assert sampled.stdout == (f"wrote {npz} and {npz.with_suffix('.png')}: 16 samples, "
+                                  f"{int(f['nfe'][0])} NFE per batch\n")
     samples = np.load(npz)["samples"]
     assert samples.shape == (16, 2) and np.isfinite(samples).all()
     # A few-step sampler and its step count from the command line.

@@ -202,7 +202,7 @@ def test_image_training_on_the_embedded_digits_writes_logs_and_a_sample_grid(tmp
     grid = tmp_path / "samples" / "iter_4" / "sample.png"
     from PIL import Image
 
-    assert Image.open(grid).size == (4 * 10 + 2, 4 * 10 + 2)  # 16 digits of 8x8, 2px padding
+    assert Image.open(grid).size == (4 * (16 * 8 + 2) + 2,) * 2  # 16 digits of 8x8 enlarged 16x, 2px border
     assert np.load(grid.with_suffix(".npz"))["samples"].shape == (16, 8, 8, 1)
     records = logging_utils.read_metrics(tmp_path)
     assert [r["step"] for r in records if "training_loss" in r] == [2, 4]

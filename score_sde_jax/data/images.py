@@ -16,6 +16,8 @@ An image already S x S is left unchanged (apart from LSUN's crop rule, which the
 
 from __future__ import annotations
 
+import logging
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from PIL import Image
 
 ResizeOp = Callable[[np.ndarray], np.ndarray]  # (H, W, C) uint8 or [0,1] float -> (S, S, C) f32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_WARNED: set[tuple] = set()  # (source, h, w, size) already warned about by warn_if_resized
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
@@ -154,19 +157,49 @@ def prepared_array_source(images: np.ndarray, labels: np.ndarray, resize: Resize
     return ArraySource(prepared.astype(np.float32), labels)
 
 
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file, read eagerly; a file that is not an .npz archive (text,
+    a truncated download, a single .npy array) is a ValueError naming it."""
+    try:
+        data = np.load(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        why = ("it is neither a zip archive of arrays nor an array (a text file?)"
+               if "pickled" in str(e) else f"{type(e).__name__}: {e}")
+        raise ValueError(f"{path} is not a readable .npz file: {why}") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not an .npz file (it holds one .npy array)")
+    with data:
+        return {k: data[k] for k in data.files}
+
+
 def npz_source(path: str, resize: ResizeOp, size: int, num_channels: int) -> ArraySource:
     """``config.data.path``: an .npz with 'image' uint8 (N, H, W[, C]) and optional 'label'."""
     file = Path(path).expanduser()
     if not path or not file.is_file():
         raise FileNotFoundError(f"config.data.path={path!r}: no such .npz file (data.source='npz')")
-    with np.load(file) as data:
-        if "image" not in data.files:
-            raise KeyError(f"{file} has no 'image' array (it has {data.files})")
-        images = data["image"]
-        labels = data["label"] if "label" in data.files else np.zeros(len(images), np.int32)
+    data = read_npz(file)
+    if "image" not in data:
+        raise KeyError(f"{file} has no 'image' array (it has {sorted(data)})")
+    images = data["image"]
+    labels = data["label"] if "label" in data else np.zeros(len(images), np.int32)
     if images.dtype != np.uint8:
         raise ValueError(f"{file}: 'image' must be uint8 in [0, 255], got {images.dtype}")
+    if images.ndim in (3, 4):
+        warn_if_resized(str(file), images.shape[1:3], size)
     return prepared_array_source(images, labels, resize, size, num_channels, str(file))
+
+
+def warn_if_resized(what: str, shape: tuple[int, ...], size: int) -> None:
+    """Log a warning (once per source and shape) when images of (H, W) ``shape`` will be
+    resized to ``size`` x ``size``."""
+    h, w = (int(d) for d in shape)
+    if (h, w) != (size, size) and (what, h, w, size) not in _WARNED:
+        _WARNED.add((what, h, w, size))
+        crop = "" if h == w else ", after a central square crop (the image is not square)"
+        logging.warning("%s: images are %dx%d; they are resized to %dx%d "
+                        "(config.data.image_size=%d)%s", what, h, w, size, size, size, crop)
 
 
 def _folder_files(root: Path) -> tuple[list[Path], list[int]]:
@@ -188,7 +221,7 @@ def _folder_files(root: Path) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def folder_source(path: str, resize: ResizeOp, num_channels: int) -> MappedSource:
+def folder_source(path: str, resize: ResizeOp, num_channels: int, size: int) -> MappedSource:
     """``config.data.path``: a folder of PNG/JPEG images, optionally one sub-folder per class."""
     root = Path(path).expanduser()
     if not path or not root.is_dir():
@@ -196,6 +229,8 @@ def folder_source(path: str, resize: ResizeOp, num_channels: int) -> MappedSourc
     files, labels = _folder_files(root)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
+    with Image.open(files[0]) as im:
+        warn_if_resized(f"{root} ({files[0].name} ...)", im.size[::-1], size)
     mode = "L" if num_channels == 1 else "RGB"
 
     def get(i: int) -> tuple[np.ndarray, int]:

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+from score_sde_jax.data.images import read_npz
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -21,21 +23,28 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(images, np.float32) * 255.0, 0.0, 255.0).astype(np.uint8)
 
 
-def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
-    """Tile images (N, H, W, C) into one uint8 image (rows of ``nrow`` images, default
-    ⌈√N⌉), with ``padding`` black pixels between and around them (torchvision's layout).
+def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2, scale: int = 1,
+               pad_value: int = 0) -> np.ndarray:
+    """Tile images (N, H, W, C) into one uint8 image: rows of ``nrow`` images (default
+    ⌈√N⌉), each enlarged ``scale`` times (nearest neighbour: every pixel becomes a
+    ``scale`` x ``scale`` block), with ``padding`` pixels of grey level ``pad_value`` between
+    and around them (torchvision's layout); empty cells are ``pad_value`` too.
 
-    Float images are taken to be in [0, 1]. Returns (H', W', C) uint8.
+    Float images are taken to be in [0, 1]. Returns (H', W', C) uint8 with
+    H' = rows (scale H + padding) + padding, W' = nrow (scale W + padding) + padding.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, H, W, C) array, got shape {images.shape}")
     if images.dtype != np.uint8:
         images = to_uint8(images)
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, c = images.shape
     ncol = nrow or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncol)
-    grid = np.zeros((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), np.uint8)
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c),
+                   pad_value, np.uint8)
     for i, image in enumerate(images):
         top, left = padding + (i // ncol) * (h + padding), padding + (i % ncol) * (w + padding)
         grid[top:top + h, left:left + w] = image
@@ -43,9 +52,18 @@ def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) ->
 
 
 def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = None,
-                    padding: int = 2) -> Path:
-    """Write :func:`image_grid` of (N, H, W, C) images, C in {1, 3}, as a PNG file."""
-    grid = image_grid(images, nrow, padding)
+                    padding: int = 2, min_size: int = 512) -> Path:
+    """Write :func:`image_grid` of (N, H, W, C) images, C in {1, 3}, as a PNG file: small images
+    are enlarged by the integer factor (nearest neighbour) that makes the grid at least
+    ``min_size`` pixels wide, and separated by a thin mid-grey border of ``padding`` pixels
+    (visible against black and white backgrounds alike)."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[0] > 0:
+        ncol = nrow or math.ceil(math.sqrt(images.shape[0]))
+        scale = max(1, math.ceil(min_size / (ncol * images.shape[2])))
+    else:
+        scale = 1  # image_grid reports the bad shape
+    grid = image_grid(images, nrow, padding, scale=scale, pad_value=128)
     if grid.shape[-1] not in (1, 3):
         raise ValueError(f"a PNG grid needs 1 or 3 channels, got {grid.shape[-1]}")
     path = Path(path)
@@ -54,30 +72,83 @@ def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = Non
     return path
 
 
-def scatter_png(panels: dict[str, np.ndarray], path: str, size: int = 260, extent: float = 8.0) -> None:
-    """One square scatter panel per entry of ``panels`` ((n, 2) arrays), side by side."""
-    img = Image.new("RGB", (size * len(panels), size + 16), "white")
+_INK, _FRAME, _DOT = (40, 40, 40), (150, 150, 150), (30, 80, 200)
+
+
+def _ticks(extent: float) -> list[float]:
+    """About 2-3 round tick values on each side of 0 within [-extent, extent]."""
+    raw = extent / 2.5
+    step = 10 ** math.floor(math.log10(raw))
+    step = next(m * step for m in (1, 2, 5, 10) if m * step >= raw)
+    k = math.floor(extent / step + 1e-9)
+    return [i * step for i in range(-k, k + 1)]
+
+
+def scatter_png(panels: Mapping[str, np.ndarray], path: str | Path, size: int = 260,
+                extent: float | None = None, ncols: int | None = None,
+                title: str | None = None) -> Path:
+    """Scatter plots of 2-D points, one square panel per entry of ``panels`` (title -> (n, 2)
+    array), ``ncols`` panels a row (default: all in one row), every panel on the same scale
+    [-extent, extent]² (default: fit all finite points, at least [-1, 1]²) with axes, round tick
+    values and the panel's title; ``title`` goes above them all. Points outside the frame are
+    counted in the panel's corner. Returns ``path``."""
+    arrays = {name: np.asarray(pts, np.float64).reshape(-1, 2) for name, pts in panels.items()}
+    if not arrays:
+        raise ValueError("scatter_png needs at least one panel")
+    if extent is None:
+        finite = [a[np.isfinite(a).all(1)] for a in arrays.values()]
+        top = max((float(np.abs(a).max()) for a in finite if len(a)), default=1.0)
+        extent = max(1.0, 1.05 * top)
+    ncols = ncols or len(arrays)
+    nrows = math.ceil(len(arrays) / ncols)
+    font, small = ImageFont.load_default(size=13), ImageFont.load_default(size=11)
+    left, bottom, head, gap = 40, 20, 20, 12  # margins of a panel: tick labels, title
+    cell_w, cell_h = left + size + gap, head + size + bottom
+    top0 = 26 if title else 4
+    img = Image.new("RGB", (ncols * cell_w + 4, top0 + nrows * cell_h + 4), "white")
     draw = ImageDraw.Draw(img)
-    for j, (title, pts) in enumerate(panels.items()):
-        x0 = j * size
-        draw.rectangle([x0, 16, x0 + size - 1, size + 15], outline=(180, 180, 180))
-        draw.text((x0 + 4, 2), title[:40], fill="black")
-        uv = (np.asarray(pts) + extent) / (2 * extent) * (size - 1)
-        for u, v in uv[(uv >= 0).all(1) & (uv < size).all(1)]:
-            draw.point((x0 + u, 16 + size - 1 - v), fill=(30, 80, 200))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if title:
+        draw.text((img.width // 2, 4), title, fill="black", font=font, anchor="mt")
+    ticks = _ticks(extent)
+
+    def to_px(v):  # data coordinate -> pixel offset inside the frame
+        return (np.asarray(v) + extent) / (2 * extent) * (size - 1)
+
+    for j, (name, pts) in enumerate(arrays.items()):
+        x0 = 2 + (j % ncols) * cell_w + left
+        y0 = top0 + (j // ncols) * cell_h + head
+        draw.text((x0 + size // 2, y0 - 3), name, fill="black", font=font, anchor="mb")
+        draw.rectangle([x0, y0, x0 + size - 1, y0 + size - 1], outline=_FRAME)
+        for t in ticks:
+            label = f"{t:g}"
+            u, v = x0 + float(to_px(t)), y0 + size - 1 - float(to_px(t))
+            draw.line([u, y0 + size - 1, u, y0 + size + 3], fill=_INK)
+            draw.text((u, y0 + size + 4), label, fill=_INK, font=small, anchor="mt")
+            draw.line([x0 - 4, v, x0, v], fill=_INK)
+            draw.text((x0 - 6, v), label, fill=_INK, font=small, anchor="rm")
+        uv = np.stack([to_px(pts[:, 0]), size - 1 - to_px(pts[:, 1])], axis=1)
+        inside = np.isfinite(uv).all(1) & (uv >= 0).all(1) & (uv <= size - 2).all(1)
+        for u, v in uv[inside]:
+            draw.rectangle([x0 + u, y0 + v, x0 + u + 1, y0 + v + 1], fill=_DOT)
+        if (~inside).any():
+            corner, note = (x0 + size - 4, y0 + 4), f"{int((~inside).sum())} outside"
+            draw.rectangle(draw.textbbox(corner, note, font=small, anchor="rt"), fill="white")
+            draw.text(corner, note, fill=(200, 0, 0), font=small, anchor="rt")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+    return path
 
 
 def save_scatter(points: np.ndarray, path: str | Path, title: str = "samples") -> Path:
-    """Scatter plot (PNG) of 2-D points (n, 2), framed to fit them (at least [-4, 4]²)."""
+    """Scatter plot (PNG) of 2-D points (n, 2) titled ``title``, framed to fit them (at least
+    [-4, 4]²)."""
     points = np.asarray(points, np.float64)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"a scatter plot needs (n, 2) points, got shape {points.shape}")
     finite = points[np.isfinite(points).all(axis=1)]
     extent = max(4.0, 1.05 * float(np.abs(finite).max())) if len(finite) else 4.0
-    scatter_png({title: points}, str(path), extent=extent)
-    return Path(path)
+    return scatter_png({title: points}, path, size=400, extent=extent)
 
 
 def savez_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
@@ -93,9 +164,9 @@ def savez_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file, read eagerly (the file is closed on return)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    """All arrays of an ``.npz`` file, read eagerly (the file is closed on return); a file
+    that is not an .npz archive is a ValueError naming it."""
+    return read_npz(path)
 
 
 def append_jsonl(path: str | Path, record: Mapping) -> None:

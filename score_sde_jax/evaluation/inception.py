@@ -29,12 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from score_sde_jax import cli
+from score_sde_jax.data.images import read_npz
+
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
     "pt_inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_SIZE = 299
 MIN_INPUT_SIZE = 75  # smallest input the un-padded stem and strided blocks accept
+PROG = "python -m score_sde_jax.evaluation.inception"
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -334,8 +338,7 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"FID Inception weights not found at '{path}' "
                                 f"(config.eval.inception_path). {_HOW_TO_GET_WEIGHTS}")
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        return read_npz(path)
     if path.suffix in (".pth", ".pt"):
         try:
             import torch
@@ -385,13 +388,13 @@ def inception_apply(variables: Mapping, images: jax.Array) -> dict[str, jax.Arra
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     conv = sub.add_parser("convert", help="pytorch-fid .pth -> torch-free .npz")
     conv.add_argument("src")
     conv.add_argument("dst")
     args = parser.parse_args(argv)
-    convert_to_npz(args.src, args.dst)
+    cli.run_cli(PROG, lambda: convert_to_npz(args.src, args.dst))
     print(f"wrote {args.dst}")
 
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from score_sde_jax import analytic, checkpoints, datasets, evaluation, sde_lib, train_lib
+from score_sde_jax import analytic, checkpoints, datasets, evaluation, logging_utils, sde_lib, train_lib
 from score_sde_jax.data import toy
 from score_sde_jax.evaluation import files as io
 from score_sde_jax.evaluation import inception as inception_lib
@@ -295,12 +295,14 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
     steps = checkpoint_steps(config, workdir)  # fails before any work when there are none
     sde, sampling_eps = sde_lib.get_sde(config)
     build = score_fn_builder(config, sde)
-    loss_fn = get_eval_loss_fn(config, sde) if ev.enable_loss else None
-    bpd_fn = get_bpd_fn(config, sde, build) if ev.enable_bpd else None
+    announce = logging_utils.announce_compile
+    loss_fn = announce(get_eval_loss_fn(config, sde), "eval loss") if ev.enable_loss else None
+    bpd_fn = announce(get_bpd_fn(config, sde, build), "bits/dim (ODE likelihood)") \
+        if ev.enable_bpd else None
     sample_fn = inception = ref_stats = None
     if ev.enable_sampling:
-        sample_fn = get_sample_fn(config, sde, build, ev.batch_size // jax.process_count(),
-                                  sampling_eps)
+        sample_fn = announce(get_sample_fn(config, sde, build, ev.batch_size // jax.process_count(),
+                                           sampling_eps), f"sampler ({config.sampling.method})")
         if not is_flat(config):  # a missing weight file fails here, before any work
             inception = inception_lib.load_inception_from_config(config)
             size = config.data.image_size
@@ -345,13 +347,21 @@ def sample(config, workdir: str | Path, num_samples: int, out_dir: str | Path,
     params, step = load_ema_params(config, workdir, step)
     sde, sampling_eps = sde_lib.get_sde(config)
     batch = min(int(num_samples), int(config.eval.batch_size))
-    sample_fn = get_sample_fn(config, sde, score_fn_builder(config, sde), batch, sampling_eps)
+    sample_fn = logging_utils.announce_compile(
+        get_sample_fn(config, sde, score_fn_builder(config, sde), batch, sampling_eps),
+        f"sampler ({config.sampling.method}, batches of {batch})")
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), step)
     parts, nfe = [], []
-    for r in range(math.ceil(num_samples / batch)):
+    rounds = math.ceil(num_samples / batch)
+    logging.info("drawing %d samples in %d batch(es) of %d with sampling.method=%s (checkpoint "
+                 "step %d) ...", num_samples, rounds, batch, config.sampling.method, step)
+    progress = logging_utils.Progress(0, rounds, desc="sample", unit="batch")
+    for r in range(rounds):
         x, n = sample_fn(params, jax.random.fold_in(rng, r))
         parts.append(np.asarray(x))
         nfe.append(int(np.max(np.asarray(n))))
+        progress.update(r + 1)
+    progress.close()
     logging.info("%d samples with sampling.method=%s: %s NFE per batch", num_samples,
                  config.sampling.method, nfe)
     x = np.asarray(datasets.get_data_inverse_scaler(config)(np.concatenate(parts)[:num_samples]),
@@ -361,7 +371,7 @@ def sample(config, workdir: str | Path, num_samples: int, out_dir: str | Path,
     if is_flat(config):
         npz = io.savez_atomic(stem.with_suffix(".npz"), samples=x, nfe=np.asarray(nfe))
         if x.shape[1] == 2:
-            io.save_scatter(x, png, f"{config.sampling.method} samples, step {step}")
+            io.save_scatter(x, png, logging_utils.sample_title(config, step))
         else:
             png = None
     else:

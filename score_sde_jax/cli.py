@@ -1,0 +1,97 @@
+"""What every command-line entry point shares: one-line errors and the persistent compilation
+cache.
+
+``run_cli(prog, fn)`` runs ``fn()`` and turns an expected failure (bad input: a missing or
+unreadable file, a bad config value, a checkpoint that does not fit) into one line on stderr,
+``{prog}: error: {Type}: {message}``, and exit status 1. With the environment variable
+``SCORE_SDE_JAX_TRACEBACK=1`` the exception propagates with its traceback instead.
+
+``setup_compilation_cache(directory)`` turns on JAX's persistent compilation cache: compiled
+XLA programs are written under ``directory`` (default ``$SCORE_SDE_JAX_CACHE`` or
+``~/.cache/score_sde_jax/jax``) and a later process compiling the same program (same code,
+shapes, flags and JAX version) loads it instead of compiling again -- a resumed run, ``--mode
+sample`` or ``--mode eval`` of a trained config skips most of its compile time.
+``SCORE_SDE_JAX_CACHE=off`` (or ``main.py --nocompilation_cache``) turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import jax
+
+TRACEBACK_ENV = "SCORE_SDE_JAX_TRACEBACK"
+CACHE_ENV = "SCORE_SDE_JAX_CACHE"
+_OFF = ("", "0", "off", "none", "false", "no")
+
+# Failures caused by the user's input, reported in one line; anything else is a bug and keeps
+# its traceback. Most exceptions of this package derive from these (DatasetNotPreparedError is a
+# FileNotFoundError); a CLI adds its own (checkpoints.CheckpointError) with ``expected``.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, KeyError, AttributeError, FileNotFoundError, IsADirectoryError,
+    NotADirectoryError, PermissionError, ImportError, SyntaxError, zipfile.BadZipFile)
+
+T = TypeVar("T")
+
+
+def one_line(message: object) -> str:
+    """``message`` with its whitespace (newlines included) collapsed to single spaces."""
+    return " ".join(str(message).split())
+
+
+def die(prog: str, message: object) -> NoReturn:
+    """Print ``{prog}: error: {message}`` (one line) on stderr and exit with status 1."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run_cli(prog: str, fn: Callable[[], T], expected: tuple[type[BaseException], ...] = (),
+            interrupted: str = "interrupted") -> T:
+    """``fn()``; an exception of ``EXPECTED_ERRORS + expected`` becomes a one-line error (see
+    the module docstring), Ctrl-C the line ``{prog}: {interrupted}`` and exit status 130."""
+    try:
+        if os.environ.get(TRACEBACK_ENV, "") not in _OFF:
+            return fn()
+        try:
+            return fn()
+        except (*EXPECTED_ERRORS, *expected) as e:
+            die(prog, f"{type(e).__name__}: {e} ({TRACEBACK_ENV}=1 shows the traceback)")
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        sys.exit(130)
+
+
+def default_cache_dir() -> Path | None:
+    """``$SCORE_SDE_JAX_CACHE`` (None when it says off), else ``~/.cache/score_sde_jax/jax``
+    (``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set)."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in _OFF else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "score_sde_jax" / "jax"
+
+
+def setup_compilation_cache(directory: str | os.PathLike | None = None,
+                            min_compile_secs: float = 0.5) -> Path | None:
+    """Turn on JAX's persistent compilation cache in ``directory`` (default
+    :func:`default_cache_dir`; None there leaves it off). Programs that compile in less than
+    ``min_compile_secs`` are not stored. Call once, before the first compilation. Returns the
+    directory in use (None when off or when it cannot be created)."""
+    path = Path(directory).expanduser() if directory is not None else default_cache_dir()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        logging.warning("compilation cache off: cannot create %s (%s)", path, e)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
