@@ -24,8 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-import jax
-
 TRACEBACK_ENV = "SCORE_SDE_JAX_TRACEBACK"
 CACHE_ENV = "SCORE_SDE_JAX_CACHE"
 _OFF = ("", "0", "off", "none", "false", "no")
@@ -91,6 +89,8 @@ def setup_compilation_cache(directory: str | os.PathLike | None = None,
     except OSError as e:
         logging.warning("compilation cache off: cannot create %s (%s)", path, e)
         return None
+    import jax  # here, not at the top: main.py reports a bad flag without loading JAX
+
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
