@@ -59,7 +59,7 @@ def get_config():
     model.num_res_blocks = 1
     model.attn_resolutions = (4,)
     model.dropout = 0.
-    model.ema_rate = 0.995
+    model.ema_rate = 0.99
 
     optim = config.optim
     optim.lr = 1e-3

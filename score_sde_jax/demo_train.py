@@ -1,6 +1,6 @@
 """Train the embedded defaults for real and show that they learned (``make demo``).
 
-    python -m score_sde_jax.demo_train --workdir runs/demo [--toy_steps 600] [--digits_steps 1000]
+    python -m score_sde_jax.demo_train --workdir runs/demo [--toy_steps 600] [--digits_steps 800]
 
 1. configs/toy_gmm.py: the MLP on the 2-D Gaussian mixture. The untrained and the trained
    network's Euler-Maruyama samples are scored by the exact mixture log-density and by their
@@ -34,7 +34,7 @@ from score_sde_jax import analytic, cli, datasets, logging_utils, run_lib, sampl
 from score_sde_jax.models import utils as mutils
 
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS_STEPS = 1000  # enough for the ODE samplers too (300 gave saturated noise: README)
+DIGITS_STEPS = 800  # enough for the ODE samplers too (300 gave saturated noise: README)
 
 
 def _config(name: str, steps: int, snapshots: int):

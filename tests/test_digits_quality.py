@@ -3,9 +3,9 @@
 The probability-flow samplers (ode, heun, dpm_solver) start at σ̃ = std/m ≈ 150, where a
 per-pixel bias b of the network's noise prediction shifts the data prediction by σ̃ b, so they
 need a better trained network than the PC sampler (whose noise forgets such errors): the
-300-step demo model gave them saturated noise. A narrower DDPM++ than configs/digits.py (for test
-time; same SDE, data, optimizer and EMA) trained here as `make demo` trains the default must give
-deterministic samples as close to the test digits as PC's.
+300-step demo model gave them saturated noise. configs/digits.py, trained here as `make demo`
+trains it (600 of the demo's 1000 steps), must give deterministic samples as close to the test
+digits as PC's.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde_jax import analytic, demo_train, fast_sampling, run_lib, sampling, sde_lib
+from score_sde_jax import analytic, demo_train, fast_sampling, run_lib, sampling, sde_lib, train_lib
 
-STEPS = 500
+STEPS = 600  # 300 gave the ode and dpm_solver samples a distance of 0.23 (PC: 0.072)
 N = 100  # samples per sampler
 
 
 @pytest.fixture(scope="module")
 def trained_digits(tmp_path_factory):
     config = demo_train.digits_config(STEPS)
-    config.model.nf = 16
-    config.model.num_scales = 200  # Euler-Maruyama steps of the PC sampler
+    config.model.num_scales = 100  # Euler-Maruyama steps of the PC sampler
     config.data.prefetch = 0
-    state = run_lib.train(config, str(tmp_path_factory.mktemp("digits")))
+    state = run_lib.train(config, str(tmp_path_factory.mktemp("digits")),
+                          train_lib.make_mesh(jax.devices()[:1]))  # as in the demo
     return config, jax.device_get(state.params_ema)
 
 
@@ -46,11 +46,11 @@ def test_deterministic_samplers_are_as_close_to_the_test_digits_as_pc(trained_di
 
 def test_every_sampler_recovers_digits_from_the_exact_score_in_the_data_scaling():
     """A sampler bug (ε, σ_min, noise removal, the data scaling) would show with the exact score
-    of a mixture of narrow Gaussians at 64 training digits in [-1, 1], in the (B, 8, 8, 1) shape."""
+    of a mixture of narrow Gaussians at 16 training digits in [-1, 1], in the (B, 8, 8, 1) shape."""
     from sklearn.datasets import load_digits
 
     digits = load_digits().images.reshape(-1, 64) / 8.0 - 1.0
-    k = 64
+    k = 16
     gmm = analytic.GaussianMixture(np.ones(k), digits[:k], np.stack([np.eye(64) * 0.05**2] * k))
     sde = sde_lib.VPSDE(0.1, 20.0, 100)
     flat = gmm.score_fn(sde)
@@ -67,4 +67,4 @@ def test_every_sampler_recovers_digits_from_the_exact_score_in_the_data_scaling(
     floor = demo_train.sliced_w2(np.asarray(gmm.sample(jax.random.PRNGKey(1), N)), truth, N)
     for name, sampler in samplers.items():
         x = jax.jit(lambda rng, sampler=sampler: sampler(rng, score)[0])(jax.random.PRNGKey(2))
-        assert demo_train.sliced_w2(np.asarray(x), truth, N) < 1.3 * floor, name
+        assert demo_train.sliced_w2(np.asarray(x).reshape(N, -1), truth, N) < 1.3 * floor, name
