@@ -4,7 +4,7 @@ The probability-flow samplers (ode, heun, dpm_solver) start at σ̃ = std/m ≈ 
 per-pixel bias b of the network's noise prediction shifts the data prediction by σ̃ b, so they
 need a better trained network than the PC sampler (whose noise forgets such errors): the
 300-step demo model gave them saturated noise. configs/digits.py, trained here as `make demo`
-trains it (600 of the demo's 1000 steps), must give deterministic samples as close to the test
+trains it (600 of the demo's 800 steps), must give deterministic samples as close to the test
 digits as PC's.
 """
 
