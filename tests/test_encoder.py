@@ -243,3 +243,12 @@ def test_images_of_another_shape_are_an_error_naming_both(digits_run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         latents_cli.load_image_list(str(tmp_path / "empty"), config)
+
+
+def test_sample_mode_with_a_temperature(digits_run, tmp_path):
+    config, tmp = digits_run
+    config = config.copy_and_resolve_references()
+    config.sampling.method, config.sampling.temperature = "ode", 0.8
+    out = run_lib.sample(config, str(tmp / "run"), 4, str(tmp_path))
+    x = np.load(out["npz"])["samples_float"]
+    assert x.shape == (4, 8, 8, 1) and np.all(np.isfinite(x))
