@@ -18,7 +18,7 @@ from scipy import stats
 from training_helpers import ROOT, subprocess_env
 
 from configs.toy_gmm import get_config as toy_config
-from score_sde_jax import analytic, latents_cli, likelihood, run_lib, sampling, sde_lib
+from score_sde_jax import analytic, latents_cli, likelihood, run_lib, sampling, sde_lib, train_lib
 
 GMM = analytic.default_mixture()
 SDES = {"ve": sde_lib.VESDE, "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}
@@ -172,83 +172,83 @@ def get_config():
 """
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """The embedded digits (8x8) with a small MLP score network trained for 200 steps, its config
-    file, and five test digits as PNG files and one .npz."""
-    tmp = tmp_path_factory.mktemp("encoder")
+def _digits_config(tmp):
+    """Write DIGITS_MLP to ``tmp/digits_mlp.py`` and load it."""
     (tmp / "digits_mlp.py").write_text(DIGITS_MLP)
     spec = importlib.util.spec_from_file_location("digits_mlp", tmp / "digits_mlp.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
-    run_lib.train(config, str(tmp / "run"))
+    return module.get_config()
+
+
+def _test_digits(tmp):
+    """Five digits of the test split as PNG files in ``tmp/pngs`` and as ``tmp/digits.npz``."""
     from sklearn.datasets import load_digits
 
-    digits = np.uint8(np.round(load_digits().images[1500:1505] * (255 / 16)))  # the test split
+    digits = np.uint8(np.round(load_digits().images[1500:1505] * (255 / 16)))
     (tmp / "pngs").mkdir()
     for i, image in enumerate(digits):
         Image.fromarray(image).save(tmp / "pngs" / f"digit_{i}.png")
     np.savez(tmp / "digits.npz", images=digits)
-    return config, tmp
 
 
-def test_cli_encode_reports_a_small_round_trip_error(digits_run, tmp_path):
-    config, tmp = digits_run
-    args = [f"--config={tmp / 'digits_mlp.py'}", f"--workdir={tmp / 'run'}", "--mode=encode",
-            f"--images={tmp / 'pngs'}", f"--sample_dir={tmp_path}"]
-    done = subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, env=subprocess_env(XLA_FLAGS=""), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reported = re.search(r"encoded 5 image\(s\) .* round-trip RMS error ([\d.e-]+) \(max ([\d.e-]+)",
-                         done.stderr)
-    assert reported, done.stderr[-3000:]
-    saved = np.load(tmp_path / "latents.npz")
-    assert saved["latents"].shape == (5, 8, 8, 1) and saved["nfe"].shape == (5,)
-    assert list(saved["names"]) == [str(tmp / "pngs" / f"digit_{i}.png") for i in range(5)]
-    rms = saved["roundtrip_rms"]
-    assert float(reported.group(2)) == pytest.approx(rms.max(), rel=1e-2)
-    assert rms.max() < 5e-3, rms  # pixels in [0, 1]
-    assert (tmp_path / "roundtrip.png").is_file() and "latents.npz" in done.stdout
+def test_trained_digits_model_encodes_interpolates_and_samples_cooler(tmp_path):
+    """One test, so the model is trained once (a module fixture would train once per worker)."""
+    config, run = _digits_config(tmp_path), tmp_path / "run"
+    run_lib.train(config, str(run), mesh=train_lib.make_mesh(jax.devices()[:1]))
+    _test_digits(tmp_path)
+    pngs = tmp_path / "pngs"
 
+    # main.py --mode encode on a folder, in a subprocess while this process interpolates
+    args = [f"--config={tmp_path / 'digits_mlp.py'}", f"--workdir={run}", "--mode=encode",
+            f"--images={pngs}", f"--sample_dir={tmp_path / 'encoded'}"]
+    cli = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(XLA_FLAGS=""))
 
-def test_interpolation_between_two_test_digits(digits_run, tmp_path):
-    config, tmp = digits_run
-    pngs = tmp / "pngs"
-    out = latents_cli.interpolate(config, tmp / "run", f"{pngs / 'digit_0.png'},{pngs / 'digit_1.png'}",
-                                  6, tmp_path)
+    out = latents_cli.interpolate(config, run, f"{pngs / 'digit_0.png'},{pngs / 'digit_1.png'}", 6,
+                                  tmp_path / "path")
     saved = np.load(out["npz"])
     x = saved["samples_float"]
     assert x.shape == (6, 8, 8, 1) and np.all(np.isfinite(x))
     assert saved["latents"].shape == (6, 8, 8, 1) and np.all(saved["roundtrip_rms"] < 5e-3)
     assert Image.open(out["png"]).size == (6 * 10 + 2, 12)  # one strip of six 8x8 digits
-    # the latents on the path keep the end points' norm (slerp), the linear path's midpoint not
     norms = np.linalg.norm(saved["latents"].reshape(6, -1), axis=1)
-    assert norms.min() > 0.9 * norms[[0, -1]].min()
+    assert norms.min() > 0.9 * norms[[0, -1]].min()  # slerp keeps the latents' norm
     with pytest.raises(ValueError, match="exactly two images; .* holds 5"):
-        latents_cli.interpolate(config, tmp / "run", str(tmp / "digits.npz"), 6, tmp_path)
+        latents_cli.interpolate(config, run, str(tmp_path / "digits.npz"), 6, tmp_path)
+
+    # --mode sample with the ODE sampler at temperature 0.8
+    cool = config.copy_and_resolve_references()
+    cool.sampling.method, cool.sampling.temperature = "ode", 0.8
+    out = run_lib.sample(cool, str(run), 4, str(tmp_path / "samples"))
+    x = np.load(out["npz"])["samples_float"]
+    assert x.shape == (4, 8, 8, 1) and np.all(np.isfinite(x))
+
+    stdout, stderr = cli.communicate(timeout=300)
+    assert cli.returncode == 0, stderr[-3000:]
+    reported = re.search(r"encoded 5 image\(s\) .* round-trip RMS error ([\d.e-]+) \(max ([\d.e-]+)", stderr)
+    assert reported, stderr[-3000:]
+    saved = np.load(tmp_path / "encoded" / "latents.npz")
+    assert saved["latents"].shape == (5, 8, 8, 1) and saved["nfe"].shape == (5,)
+    assert list(saved["names"]) == [str(pngs / f"digit_{i}.png") for i in range(5)]
+    rms = saved["roundtrip_rms"]
+    assert float(reported.group(2)) == pytest.approx(rms.max(), rel=1e-2)
+    assert rms.max() < 5e-3, rms  # pixels in [0, 1]
+    assert (tmp_path / "encoded" / "roundtrip.png").is_file() and "latents.npz" in stdout
 
 
-def test_images_of_another_shape_are_an_error_naming_both(digits_run, tmp_path):
-    config, tmp = digits_run
+def test_images_of_another_shape_are_an_error_naming_both(tmp_path):
+    config = _digits_config(tmp_path)
+    _test_digits(tmp_path)
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "big.png")
     with pytest.raises(ValueError, match=r"big.png: shape \(1, 16, 16\) does not fit the model, which "
                                          r"takes 8x8 images with 1 channel\(s\)"):
-        latents_cli.encode(config, tmp / "run", str(tmp_path / "big.png"), tmp_path)
+        latents_cli.encode(config, tmp_path / "run", str(tmp_path / "big.png"), tmp_path)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb.png: shape \(1, 8, 8, 3\) does not fit the model, which "
                                          r"takes 8x8 images with 1 channel\(s\)"):
-        latents_cli.encode(config, tmp / "run", f"{tmp / 'pngs' / 'digit_0.png'},{tmp_path / 'rgb.png'}",
-                           tmp_path)
+        latents_cli.encode(config, tmp_path / "run",
+                           f"{tmp_path / 'pngs' / 'digit_0.png'},{tmp_path / 'rgb.png'}", tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         latents_cli.load_image_list(str(tmp_path / "empty"), config)
-
-
-def test_sample_mode_with_a_temperature(digits_run, tmp_path):
-    config, tmp = digits_run
-    config = config.copy_and_resolve_references()
-    config.sampling.method, config.sampling.temperature = "ode", 0.8
-    out = run_lib.sample(config, str(tmp / "run"), 4, str(tmp_path))
-    x = np.load(out["npz"])["samples_float"]
-    assert x.shape == (4, 8, 8, 1) and np.all(np.isfinite(x))
