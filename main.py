@@ -160,7 +160,7 @@ def run(config, workdir: str, mode: str) -> None:
     elif mode == "eval":
         run_lib.evaluate(config, workdir, FLAGS.eval_folder)
     elif mode in ("encode", "interpolate"):
-        print(f"wrote {_latents(config, workdir, mode)}")
+        print("wrote " + " and ".join(str(p) for p in _latents(config, workdir, mode).values() if p))
     else:
         print(_wrote(_sample(config, workdir)))
 
