@@ -5,6 +5,9 @@
     python main.py --config configs/digits.py --workdir runs/d --mode eval --eval_folder eval
     python main.py --config configs/digits.py --workdir runs/d --mode sample --num_samples 64 \\
         --config.sampling.method=ode
+    python main.py --config configs/digits.py --workdir runs/d --mode encode --images digits.npz
+    python main.py --config configs/digits.py --workdir runs/d --mode interpolate \\
+        --images a.png,b.png --num 9
 
 Any config key can be overridden with ``--config.<section>.<key>=value``. Errors in the flags,
 the config or the checkpoints are reported in one line on stderr (exit status 1); set
@@ -26,18 +29,25 @@ from ml_collections import config_flags
 from score_sde_jax import cli
 
 FLAGS = flags.FLAGS
-MODES = ("train", "eval", "sample")
+MODES = ("train", "eval", "sample", "encode", "interpolate")
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (a get_config() module).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
-flags.DEFINE_enum("mode", None, list(MODES), "Running mode: train, eval or sample.")
+flags.DEFINE_enum("mode", None, list(MODES), "Running mode: train, eval, sample, encode (images "
+                  "to latents of the probability-flow ODE) or interpolate (between two images).")
 flags.DEFINE_string("eval_folder", "eval", "Folder (under workdir) for evaluation results.")
 flags.DEFINE_integer("num_samples", None, "sample mode: number of samples (default "
                      "config.eval.batch_size; inpainting / colorization of one image: that many "
                      "draws of it).", lower_bound=1)
 flags.DEFINE_integer("step", None, "sample mode: checkpoint step (default: the latest).")
-flags.DEFINE_string("sample_dir", None, "sample mode: output folder (default workdir/samples).")
+flags.DEFINE_string("sample_dir", None, "sample, encode, interpolate modes: output folder "
+                    "(default workdir/samples; workdir/latents for encode and interpolate).")
+flags.DEFINE_string("images", None, "encode / interpolate modes: comma-separated image files "
+                    "(PNG/npz/npy) or folders of them.")
+flags.DEFINE_integer("num", 9, "interpolate mode: number of images on the path.")
+flags.DEFINE_enum("interpolation", "slerp", ["slerp", "linear"], "interpolate mode: the path "
+                  "between the two latents.")
 flags.DEFINE_string("inpaint_image", None, "sample mode: inpaint this image (PNG/npz; with "
                     "--inpaint_mask, 1 = known pixel).")
 flags.DEFINE_string("inpaint_mask", None, "sample mode: mask for --inpaint_image (PNG/npz).")
@@ -149,6 +159,8 @@ def run(config, workdir: str, mode: str) -> None:
         _train(config, workdir)
     elif mode == "eval":
         run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+    elif mode in ("encode", "interpolate"):
+        print("wrote " + " and ".join(str(p) for p in _latents(config, workdir, mode).values() if p))
     else:
         print(_wrote(_sample(config, workdir)))
 
@@ -204,6 +216,19 @@ def _sample(config, workdir: str) -> dict:
             config, workdir, FLAGS.classifier_workdir, FLAGS.class_label, FLAGS.guidance_scale, out,
             num_samples=num, classifier_config=FLAGS.classifier_config, step=FLAGS.step)
     return run_lib.sample(config, workdir, num, out, step=FLAGS.step)
+
+
+def _latents(config, workdir: str, mode: str) -> dict:
+    """Encode images, or interpolate between two (score_sde_jax/latents_cli.py)."""
+    from score_sde_jax import latents_cli
+
+    if not FLAGS.images:
+        raise ValueError(f"--mode={mode} needs --images")
+    out = FLAGS.sample_dir or os.path.join(workdir, "latents")
+    if mode == "encode":
+        return latents_cli.encode(config, workdir, FLAGS.images, out, step=FLAGS.step)
+    return latents_cli.interpolate(config, workdir, FLAGS.images, FLAGS.num, out, step=FLAGS.step,
+                                   method=FLAGS.interpolation)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ Keys beyond the official ones, read by this project:
   s_churn, s_tmin, s_tmax, s_noise, sigma_min
                        the few-step samplers 'heun' (2·num_steps − 1 NFE) and 'dpm_solver'
                        (num_steps NFE, + 1 with noise_removal); see score_sde_jax/fast_sampling.py.
+  sampling.temperature τ: the ode, heun and dpm_solver samplers start from τ · (a prior draw).
   eval.inception_path  local Inception-v3 weight file for FID / IS / KID ('' = not set).
   eval.ref_stats_path  cached Inception statistics of the data set ('' = under the eval dir).
   eval.bpd_num_repeats dequantization repeats of the bits/dim evaluation (official: 5).
@@ -70,6 +71,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.s_tmax = float('inf')
     sampling.s_noise = 1.0
     sampling.sigma_min = 0.0  # 0: the SDE's sigma at t = eps
+    sampling.temperature = 1.0
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9

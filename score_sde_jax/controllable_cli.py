@@ -90,8 +90,11 @@ def _model_text(config) -> str:
             f"config.data.num_channels={c})")
 
 
-def load_images(path: str | Path, config) -> np.ndarray:
-    """Images (N, H, W, C) in [0, 1] shaped for ``config``'s model, or points (N, D) for flat data."""
+def load_images(path: str | Path, config, convert_channels: bool = True) -> np.ndarray:
+    """Images (N, H, W, C) in [0, 1] shaped for ``config``'s model, or points (N, D) for flat data.
+
+    ``convert_channels=False``: an image whose channel count is not the model's is an error
+    (instead of RGB -> grey or grey -> RGB)."""
     a = _to_unit(_read_array(path, "image"))
     shape = mutils.data_shape(config)
     if is_flat(config):
@@ -102,6 +105,9 @@ def load_images(path: str | Path, config) -> np.ndarray:
         return a
     a = _as_nhwc(a, shape[0], path, "image", _model_text(config))
     channels = shape[-1]
+    if not convert_channels and a.shape[-1] != channels:
+        raise ValueError(f"image file {path}: shape {a.shape} does not fit the model, which takes "
+                         f"{_model_text(config)}")
     if a.shape[-1] == 3 and channels == 1:
         a = a.mean(axis=-1, keepdims=True)
     if a.shape[-1] == 1 and channels > 1:

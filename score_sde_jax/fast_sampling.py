@@ -11,7 +11,8 @@ prediction (Tweedie) x̂₀(x, t) = (x + std² s(x, t)) / m, the noise predictio
 - sub-VP: std = 1 − m²   ⇒  σ̃ = 1/m − m, m = 2 / (σ̃ + √(σ̃² + 4)),  −log m = asinh(σ̃/2).
 
 Samplers are pure: ``sampler(rng, score_fn, z=None) -> (x, nfe)``, ``z`` replacing the prior
-draw; NFE counts every call of ``score_fn``. ``config.sampling.method = 'heun' | 'dpm_solver'``
+draw (otherwise τ · a prior draw, τ = ``temperature``, 1 by default); NFE counts every call of
+``score_fn``. ``config.sampling.method = 'heun' | 'dpm_solver'``
 selects them (keys: :func:`_heun_from_config`, :func:`_dpm_solver_from_config`).
 """
 
@@ -117,9 +118,11 @@ def _check(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _prior(sde, shape, rng, z):
+def _prior(sde, shape, rng, z, temperature=1.0):
+    """τ · (a prior draw), or the given latents ``z`` (which the temperature does not scale)."""
+    _check(temperature > 0, f"temperature must be > 0, got {temperature}")
     if z is None:
-        return sde.prior_sampling(rng, shape)
+        return temperature * sde.prior_sampling(rng, shape)
     if z.shape != tuple(shape):
         raise ValueError(f"z has shape {z.shape}, the sampler was built for shape {tuple(shape)}")
     return z
@@ -137,6 +140,7 @@ def get_heun_sampler(
     s_noise: float = 1.0,
     eps: float = 1e-3,
     sigma_min: float | None = None,
+    temperature: float = 1.0,
 ) -> Sampler:
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Alg. 2) on dx̃/dσ̃ = (x̃ − x̂₀)/σ̃.
 
@@ -161,7 +165,7 @@ def get_heun_sampler(
         sig_min = schedule.sigma(eps) if sigma_min is None else sigma_min
         sig = karras_sigmas(sig_min, schedule.sigma(sde.T), num_steps, rho)
         gamma = jnp.where((sig >= s_tmin) & (sig <= s_tmax), min(s_churn / num_steps, math.sqrt(2) - 1), 0.0)
-        x = _prior(sde, shape, rng, z) / schedule.mean_coeff(sig[0])  # the prior draw of dpm_solver, ode
+        x = _prior(sde, shape, rng, z, temperature) / schedule.mean_coeff(sig[0])  # = dpm_solver, ode prior
 
         def churn(x, sigma, g, key):
             if s_churn == 0:
@@ -246,6 +250,7 @@ def get_dpm_solver_sampler(
     denoise: bool = False,
     eps: float = 1e-3,
     rho: float = 7.0,
+    temperature: float = 1.0,
 ) -> Sampler:
     """DPM-Solver++ (Lu et al. 2022), multistep, on data prediction x̂₀ in log-SNR time λ.
 
@@ -268,7 +273,7 @@ def get_dpm_solver_sampler(
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, int]:
         x0_fn = data_prediction(sde_lib.check_score_fn(score_fn), schedule)
         sig = sigma_grid(schedule, num_steps, skip_type, eps, rho)
-        x = _prior(sde, shape, rng, z)
+        x = _prior(sde, shape, rng, z, temperature)
 
         def step(carry, inputs):
             x, x0_prev, x0_prev2 = carry
@@ -320,6 +325,7 @@ def get_adaptive_dpm_solver_sampler(
     denoise: bool = False,
     eps: float = 1e-3,
     max_steps: int = 1000,
+    temperature: float = 1.0,
 ) -> Sampler:
     """Adaptive-step DPM-Solver++ (Lu et al. 2022, DPM-Solver-12 / -23) in λ.
 
@@ -338,7 +344,7 @@ def get_adaptive_dpm_solver_sampler(
 
     def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, Array]:
         x0_fn = data_prediction(sde_lib.check_score_fn(score_fn), schedule)
-        x = _prior(sde, shape, rng, z)
+        x = _prior(sde, shape, rng, z, temperature)
         lam_end = -jnp.log(schedule.sigma(eps))
         lam_start = -jnp.log(schedule.sigma(sde.T)).astype(x.dtype)
 
@@ -383,7 +389,7 @@ def heun_from_config(config, sde, shape, eps):
     s = config.sampling
     return get_heun_sampler(sde, shape, s.get("num_steps", 18), s.get("rho", 7.0), s.get("s_churn", 0.0),
                             s.get("s_tmin", 0.0), s.get("s_tmax", float("inf")), s.get("s_noise", 1.0), eps,
-                            s.get("sigma_min", None) or None)
+                            s.get("sigma_min", None) or None, s.get("temperature", 1.0))
 
 
 def dpm_solver_from_config(config, sde, shape, eps):
@@ -396,7 +402,9 @@ def dpm_solver_from_config(config, sde, shape, eps):
     denoise = bool(s.get("noise_removal", False))
     if s.get("adaptive", False):
         return get_adaptive_dpm_solver_sampler(sde, shape, s.get("order", 2), s.get("adaptive_rtol", 0.05),
-                                               s.get("adaptive_atol", 0.0078), denoise=denoise, eps=eps)
+                                               s.get("adaptive_atol", 0.0078), denoise=denoise, eps=eps,
+                                               temperature=s.get("temperature", 1.0))
     return get_dpm_solver_sampler(sde, shape, s.get("num_steps", 20), s.get("order", 2),
                                   str(s.get("skip_type", "logsnr")).lower(),
-                                  s.get("lower_order_final", True), denoise, eps, s.get("rho", 7.0))
+                                  s.get("lower_order_final", True), denoise, eps, s.get("rho", 7.0),
+                                  s.get("temperature", 1.0))

@@ -19,7 +19,7 @@ def _main(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args,expected", [
     ((TOY, "--workdir=w", "--mode=bogus"),
-     "main.py: error: flag --mode=bogus: value should be one of <train|eval|sample>"),
+     "main.py: error: flag --mode=bogus: value should be one of <train|eval|sample|encode|interpolate>"),
     ((TOY, "--workdir=w", "--mode=train", "--bogus=3"),
      "main.py: error: Unknown command line flag 'bogus'"),
     ((TOY, "--config.training.batchsize=8", "--workdir=w", "--mode=train"),

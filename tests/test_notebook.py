@@ -46,5 +46,8 @@ def test_notebook_trains_samples_computes_bpd_and_inpaints(tmp_path, monkeypatch
     assert 0 < int(re.search(r"ODE sampler: (\d+) score evaluations", text).group(1)) < 1000
     bpd = float(re.search(r"bits/dim on 16 test images: ([-\d.]+)", text).group(1))
     assert math.isfinite(bpd) and 0 < bpd < 16
+    rms = float(re.search(r"decoded a 9-step slerp path \(\d+ NFE\); round-trip RMS error ([\d.e-]+)",
+                          text).group(1))
+    assert rms < 0.05  # pixels in [0, 1]
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 3  # PC samples, ODE samples, inpainting
+    assert len(images) == 4  # PC samples, ODE samples, inpainting, interpolation
