@@ -108,7 +108,7 @@ def train_tiny(sde, variables, score, steps: int, batch: int = 32, lr: float = 1
     from score_sde_jax import losses
 
     data = digits("train")
-    loss_fn = losses.get_sde_loss_fn(sde, reduce_mean=True)
+    loss_fn = losses.get_sde_loss_fn(sde, reduce_mean=True, likelihood_weighting=False)
     opt = optax.adam(lr)
 
     @jax.jit

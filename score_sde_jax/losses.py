@@ -3,6 +3,13 @@
 All losses are pure: ``loss(rng, fn, batch) -> scalar`` with ``batch`` of shape (B, *data_shape).
 The continuous loss takes a ``score_fn(x, t)``; the discrete SMLD / DDPM losses take the raw
 network ``model_fn(x, labels)`` with integer step labels, as those models are trained.
+
+Per-sample reduction over the D data dimensions, as the official ``reduce_op``:
+``reduce_mean=True`` averages, ``reduce_mean=False`` takes **½ × the sum**. The ½ makes the
+sum-reduced DSM the score-matching objective ½ λ(t) ‖s(x_t, t) − ∇ log p(x_t | x₀)‖² (the
+Fisher divergence's ½ E‖s − ∇ log p‖² of Hyvärinen and Vincent), as in the official code, so
+its value and gradient, and with them where the gradient clip ``optim.grad_clip`` bites, equal
+the official ones (SPEC §3).
 """
 
 from __future__ import annotations
@@ -19,19 +26,22 @@ LossFn = Callable[[Array, Callable[[Array, Array], Array], Array], Array]
 
 
 def _reduce(losses: Array, reduce_mean: bool) -> Array:
-    """Mean (or sum) over every non-batch axis: (B, ...) -> (B,)."""
+    """Mean, or ½ × the sum (see the module docstring), over every non-batch axis: (B, ...) -> (B,)."""
     axes = tuple(range(1, losses.ndim))
-    return jnp.mean(losses, axis=axes) if reduce_mean else jnp.sum(losses, axis=axes)
+    return jnp.mean(losses, axis=axes) if reduce_mean else 0.5 * jnp.sum(losses, axis=axes)
 
 
 def get_sde_loss_fn(
-    sde: sde_lib.SDE, reduce_mean: bool = True, likelihood_weighting: bool = False, eps: float = 1e-5
+    sde: sde_lib.SDE, reduce_mean: bool = True, likelihood_weighting: bool = True, eps: float = 1e-5
 ) -> LossFn:
     """Continuous-time DSM: t ~ U(ε, T), x_t = mean + std z.
 
     λ(t) = std²:  ℓ = ‖s(x_t, t) std + z‖²;  λ(t) = g(t)² (``likelihood_weighting``):
-    ℓ = ‖s(x_t, t) + z / std‖² g(t)². The batch mean of ℓ is returned; its minimizer is
-    s = ∇ₓ log p_t.
+    ℓ = ‖s(x_t, t) + z / std‖² g(t)², each ‖·‖² reduced over D as in the module docstring.
+    The batch mean of ℓ is returned; its minimizer is s = ∇ₓ log p_t.
+
+    ``likelihood_weighting`` defaults to True as in the official ``get_sde_loss_fn``; training
+    reads ``config.training.likelihood_weighting`` instead (False in every paper config: λ = std²).
     """
 
     def loss_fn(rng: Array, score_fn: Callable[[Array, Array], Array], batch: Array) -> Array:

@@ -30,19 +30,86 @@ def test_exact_score_minimizes_dsm(sde, likelihood_weighting):
         assert float(jnp.mean(diff)) > 4 * float(se), (scale, diff)
 
 
-def test_reduce_mean_vs_sum():
+# A fixed batch (3 samples of 2×2) and per-sample residual c = [[1, 2], [3, 4]]: each test's
+# fn cancels the random noise, so the per-sample loss is the reduction of c² whatever the draws:
+# mean (1 + 4 + 9 + 16) / 4 = 7.5, or the official ½ × sum = 15 (not 30).
+FIXED = jnp.arange(12.0).reshape(3, 2, 2) / 6.0 - 1.0
+C = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+HAND = {True: 7.5, False: 15.0}
+
+
+def _dsm_score(sde, likelihood_weighting):
+    """s with std s + z = c (λ = std²), or s + z/std = c / g(t) (λ = g², so ℓ = red(c²) too)."""
+
+    def score(x, t):
+        mean, std = sde.marginal_prob(FIXED, t)
+        noise_score = -sde_lib.batch_mul(1.0 / std**2, x - mean)  # = −z / std
+        scale = sde.sde(x, t)[1] if likelihood_weighting else std
+        return noise_score + C / scale[:, None, None]
+
+    return score
+
+
+@pytest.mark.parametrize("reduce_mean", [True, False])
+@pytest.mark.parametrize("likelihood_weighting", [False, True])
+def test_sde_loss_value_by_hand(reduce_mean, likelihood_weighting):
     sde = sde_lib.VPSDE()
-    score = GMM.score_fn(sde)
-    key = jax.random.PRNGKey(3)
-    mean = losses.get_sde_loss_fn(sde, reduce_mean=True)(key, score, BATCH)
-    total = losses.get_sde_loss_fn(sde, reduce_mean=False)(key, score, BATCH)
-    np.testing.assert_allclose(total, 2 * mean, rtol=1e-5)
+    loss_fn = losses.get_sde_loss_fn(sde, reduce_mean, likelihood_weighting)
+    loss = loss_fn(jax.random.PRNGKey(3), _dsm_score(sde, likelihood_weighting), FIXED)
+    np.testing.assert_allclose(loss, HAND[reduce_mean], rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduce_mean", [True, False])
+def test_smld_loss_value_by_hand(reduce_mean):
+    """ℓ = red((s − target)²) σ_i² with s = target + c / σ_i."""
+    sde = sde_lib.VESDE(N=10)
+    sigmas = jnp.flip(sde.discrete_sigmas)
+
+    def model_fn(x, labels):
+        sigma = sigmas[labels]
+        return -sde_lib.batch_mul(1.0 / sigma**2, x - FIXED) + C / sigma[:, None, None]
+
+    loss = losses.get_smld_loss_fn(sde, reduce_mean)(jax.random.PRNGKey(4), model_fn, FIXED)
+    np.testing.assert_allclose(loss, HAND[reduce_mean], rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduce_mean", [True, False])
+def test_ddpm_loss_value_by_hand(reduce_mean):
+    """ℓ = red((ε̂ − z)²) with ε̂ = z + c."""
+    sde = sde_lib.VPSDE(N=100)  # N > β_max = 20: α_i > 0
+
+    def model_fn(x, labels):
+        z = sde_lib.batch_mul(1.0 / sde.sqrt_1m_alphas_cumprod[labels],
+                              x - sde_lib.batch_mul(sde.sqrt_alphas_cumprod[labels], FIXED))
+        return z + C
+
+    loss = losses.get_ddpm_loss_fn(sde, reduce_mean)(jax.random.PRNGKey(5), model_fn, FIXED)
+    np.testing.assert_allclose(loss, HAND[reduce_mean], rtol=1e-5)
+
+
+def test_official_defaults():
+    """The official functions' defaults: the continuous DSM with likelihood weighting, mean-reduced
+    (training passes the config's values instead); SMLD ½ × sum; DDPM mean."""
+    sde, ve = sde_lib.VPSDE(N=10), sde_lib.VESDE(N=10)
+    rng = jax.random.PRNGKey(3)
+    np.testing.assert_allclose(losses.get_sde_loss_fn(sde)(rng, _dsm_score(sde, True), FIXED), HAND[True],
+                               rtol=1e-5)
+    # the λ = std² residual under likelihood weighting: red(c² / std²) g² ≠ 7.5
+    assert abs(float(losses.get_sde_loss_fn(sde)(rng, _dsm_score(sde, False), FIXED)) - HAND[True]) > 1
+    sigmas = jnp.flip(ve.discrete_sigmas)
+
+    def model_fn(x, labels):
+        s = sigmas[labels][:, None, None]
+        return (C - (x - FIXED) / s) / s
+
+    np.testing.assert_allclose(losses.get_smld_loss_fn(ve)(rng, model_fn, FIXED), HAND[False], rtol=1e-5)
 
 
 def test_dsm_value_for_zero_score():
-    """With s = 0 the default loss is E‖z‖² = D per sample (reduce_mean: 1)."""
+    """With s = 0 the λ = std² loss is E‖z‖² = D per sample (reduce_mean: 1)."""
     sde = sde_lib.VESDE()
-    loss = losses.get_sde_loss_fn(sde)(jax.random.PRNGKey(0), lambda x, t: jnp.zeros_like(x), BATCH)
+    loss = losses.get_sde_loss_fn(sde, likelihood_weighting=False)(
+        jax.random.PRNGKey(0), lambda x, t: jnp.zeros_like(x), BATCH)
     np.testing.assert_allclose(loss, 1.0, atol=0.05)
 
 

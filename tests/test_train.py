@@ -160,7 +160,8 @@ def test_the_config_picks_the_loss(sde_name, continuous, reference):
     variables, loss_rng = {"params": params}, jax.random.split(rng)[0]
     if reference == "sde":
         fn = mutils.get_score_fn(sde, model, variables, continuous=True)
-        want = losses.get_sde_loss_fn(sde, reduce_mean=True)(loss_rng, fn, batch["image"])
+        want = losses.get_sde_loss_fn(sde, reduce_mean=True, likelihood_weighting=False)(loss_rng, fn,
+                                                                                 batch["image"])
     else:
         make = losses.get_ddpm_loss_fn if reference == "ddpm" else losses.get_smld_loss_fn
         want = make(sde, reduce_mean=True)(loss_rng, mutils.get_model_fn(model, variables),
