@@ -21,7 +21,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import fast_sampling, sde_lib
+from score_sde_jax import fast_sampling, sde_lib, step_control
 from score_sde_jax.interpolation import INTERPOLATIONS, lerp, slerp  # noqa: F401 (the encoder's API)
 from score_sde_jax.sde_lib import batch_mul, step_index
 
@@ -247,16 +247,25 @@ SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heu
 # steps than Tsit5 on the PF-ODEs of bench/ode_likelihood.py and bench/sampler_overhead.py.
 DEFAULT_SOLVER = "dopri5"
 # Vector-field evaluations per attempted step (FSAL saves one of the 7 stages of Tsit5 and
-# Dopri5) and at start-up (the first FSAL value). tests/test_sampling.py counts them.
+# Dopri5) and at start-up (Hairer's initial step: 2; the first FSAL value: 1).
+# tests/test_sampling.py counts them.
 _EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
-_EVALS_AT_START = {"tsit5": 1, "dopri5": 1, "heun": 0}
+_EVALS_AT_START = {"tsit5": 3, "dopri5": 3, "heun": 2}
+# Local error estimates relative to scipy's RK45 (step_control): diffrax's Dopri5 estimate is ⅔
+# of scipy's, so ×1.5 gives the official solver's steps. Tsit5 and Heun have no scipy twin.
+_ERROR_SCALE = {"tsit5": 1.0, "dopri5": 1.5, "heun": 1.0}
 
 
 def solve_ode(
     vector_field: Callable, y0, t0: float, t1: float, rtol: float, atol: float, solver: str,
     max_steps: int = 4096,
 ):
-    """Integrate dy/dt = vector_field(t, y) from t0 to t1 adaptively; returns (y(t1), nfe)."""
+    """Integrate dy/dt = vector_field(t, y) from t0 to t1 adaptively; returns (y(t1), nfe).
+
+    The one home of the adaptive step control of the ODE sampler, the likelihood and the
+    encoder: scipy's RK45 rule and error estimate (:mod:`step_control`), so Dopri5 takes the
+    official solver's steps at the same rtol/atol (and is as accurate; BENCHMARKS.md §2).
+    """
     solver_cls = _lookup(SOLVERS, solver, "solver")
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
@@ -265,7 +274,7 @@ def solve_ode(
         t1=t1,
         dt0=None,
         y0=y0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=step_control.ScipyRK45Controller(rtol, atol, _ERROR_SCALE[solver]),
         max_steps=max_steps,
     )
     nfe = _EVALS_AT_START[solver] + _EVALS_PER_STEP[solver] * sol.stats["num_steps"]
@@ -338,11 +347,11 @@ def get_ode_encoder(
     is the ODE sampler started from z, ``get_ode_sampler(sde, shape, rtol, atol, solver,
     eps)(rng, score_fn, z=z)`` (same ε, no ``denoise``), and returns x to solver tolerance.
 
-    Each sample is its own solve (``vmap``, as :mod:`likelihood`), not one state for the batch
-    as in the sampler: an adaptive step size shared by the batch would make an image's latent
-    depend, at the tolerance, on the images beside it, and the encoding would not be unique to
-    the image. Per sample, z[i] is a function of x[i] alone (the latent the likelihood returns
-    for it, to tolerance) and its NFE is its own.
+    Each sample is its own solve (``vmap``, as the likelihood with ``per_sample=True``), not
+    one state for the batch as in the sampler: an adaptive step size shared by the batch would
+    make an image's latent depend, at the tolerance, on the images beside it, and the encoding
+    would not be unique to the image. Per sample, z[i] is a function of x[i] alone (the latent
+    the per-sample likelihood returns for it, to tolerance) and its NFE is its own.
     """
     _lookup(SOLVERS, solver, "solver")
     shape = tuple(shape)
