@@ -56,15 +56,17 @@ def machine() -> str:
             f"{os.cpu_count()} cores, jax {jax.__version__}")
 
 
-def tiny_conv_model(sde_name: str = "vpsde", init_scale: float = 1.0, num_scales: int | None = None):
-    """The tiny DDPM++ of ``configs/tiny/tiny_ddpmpp.py`` (16×16×1, ~190 k parameters), untrained.
+def tiny_conv_model(sde_name: str = "vpsde", init_scale: float = 1.0, num_scales: int | None = None,
+                    config_path: str = TINY_CONFIG):
+    """The tiny DDPM++ of ``configs/tiny/tiny_ddpmpp.py`` (16×16×1, ~190 k parameters), untrained
+    (or the tiny network of ``config_path``, e.g. ``configs/tiny/tiny_ncsnpp.py`` with "vesde").
 
     ``model.init_scale`` = 1 instead of the config's 0 so the network's output is not ~0 at
     initialization (a zero output would make every ODE trivially easy). Returns
     ``(config, sde, eps, variables, score(variables, x, t))``; ``score`` takes the parameters as
     an argument so jitted callers do not bake them in as constants. ``num_scales``: the SDE's N.
     """
-    config = load_config(os.path.join(ROOT, TINY_CONFIG))
+    config = load_config(os.path.join(ROOT, config_path))
     config.training.sde = sde_name
     if num_scales is not None:
         config.model.num_scales = num_scales
