@@ -6,8 +6,10 @@ Both integrate the augmented probability-flow ODE d[x, Δlogp]/dt = [f̃, ε̂�
 ε = 1e-5 to T (VP SDE) with the same Rademacher probe ε̂ per sample, the same rtol = atol and
 the Dormand–Prince 5(4) pair (scipy's RK45 = diffrax's Dopri5; Tsit5 shown too):
 
-- diffrax: ``likelihood.get_likelihood_fn`` — one adaptive solve per sample, ``vmap``-ed over
-  the batch, the whole solve one jit-compiled XLA program (parameters passed as arguments);
+- diffrax: ``likelihood.get_likelihood_fn`` — the batch one ODE state (as scipy's; since
+  2026-12-01 with scipy's step rule, so Dopri5 takes the same steps and has the same error:
+  bench/ode_accuracy.py), the whole solve one jit-compiled XLA program (parameters passed as
+  arguments);
 - scipy (as the official ``likelihood.py`` does it): ``scipy.integrate.solve_ivp(method='RK45')``
   drives a host loop; the batch is flattened into one float64 ODE state; each evaluation copies
   it to the device, calls a jitted drift and a jitted divergence (a VJP, ``jax.grad``, as the
@@ -113,7 +115,7 @@ def compare(name, sde, score, params, x, args, rows):
         fn = diffrax_fn(solver, args.tol)
         first, _ = timed(fn, params, rng, x)
         seconds, (logp, _, nfe) = best_time(fn, params, rng, x, repeats=args.repeats, warmup=0)
-        rows.append([name, f"diffrax {solver}, jit + vmap", f"{first:.2f}", f"{seconds:.3f}",
+        rows.append([name, f"diffrax {solver}, jit", f"{first:.2f}", f"{seconds:.3f}",
                      f"{float(np.mean(nfe)):.0f} / {int(np.max(nfe))}",
                      *per_nfe(seconds, int(np.max(nfe)), jvp_work), f"{base / seconds:.1f}",
                      *errors(np.asarray(logp, np.float64))])
@@ -153,7 +155,7 @@ def main() -> None:
          "|logp - scipy|/D mean / max", "|logp - ref|/D mean / max"], rows,
         ["time: fastest of --repeats after the first call; speed-up = scipy time / this time; "
          "|.|/D in nats/dim; ref = diffrax Dopri5 at rtol = atol = tol/1000, same probe.",
-         "ms/NFE: time / NFE (diffrax: the max NFE, the vmapped solves run in lockstep); not network: "
+         "ms/NFE: time / NFE (diffrax: the max NFE over the batch); not network: "
          "ms/NFE minus the network work of one NFE of that method (below), measured alone.", *notes])
 
 
