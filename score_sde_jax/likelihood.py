@@ -44,7 +44,7 @@ def get_likelihood_fn(
 
     ``per_sample=False`` (the official way): the batch is one ODE state with one step-size
     sequence, so the steps and the accuracy at a given rtol/atol are scipy RK45's
-    (:func:`sampling.solve_ode`; BENCHMARKS.md §6). ``per_sample=True``: one solve per sample
+    (:func:`sampling.solve_ode`; BENCHMARKS.md §7). ``per_sample=True``: one solve per sample
     (``vmap``), each result independent of the rest of the batch; at equal tolerance a lower
     worst-sample error but a 1.2–5× larger mean error than the official solve.
     """

@@ -264,7 +264,7 @@ def solve_ode(
 
     The one home of the adaptive step control of the ODE sampler, the likelihood and the
     encoder: scipy's RK45 rule and error estimate (:mod:`step_control`), so Dopri5 takes the
-    official solver's steps at the same rtol/atol (and is as accurate; BENCHMARKS.md §6).
+    official solver's steps at the same rtol/atol (and is as accurate; BENCHMARKS.md §7).
     """
     solver_cls = _lookup(SOLVERS, solver, "solver")
     sol = diffrax.diffeqsolve(
