@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated model rows (default: all)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants")
     parser.add_argument("--batch", type=int, default=0, help="override every per-device batch")
+    parser.add_argument("--points", type=int, choices=(1, 2), default=2,
+                        help="batches compiled per row: 2 (B and B/2) or 1 (B only: max batch "
+                             "from peak = (state + batch) + B * temporaries / B, conservative)")
     parser.add_argument("--json", default="", help="append one JSON line per row to this file")
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s]
@@ -126,8 +129,11 @@ def main() -> None:
         for variant in variants:
             config = variant_config(path, variant)
             accum = config.training.grad_accum_steps
-            other = batch // 2 if batch // 2 >= accum else 2 * batch
-            at_b, at_other = analyse(config, batch), analyse(config, other)
+            at_b = analyse(config, batch)
+            if args.points == 2:
+                at_other = analyse(config, batch // 2 if batch // 2 >= accum else 2 * batch)
+            else:  # batch-independent part taken as the state's (outputs alias the donated state)
+                at_other = {"batch": 0, "peak": at_b["peak"] - at_b["temp"], "compile_s": 0.0}
             fits = [max_batch(at_b, at_other, m * 1e9, accum) for m in MEMORIES_GB]
             base.setdefault(name, at_b["peak"])
             row = {"model": name, "variant": variant, "batch": batch, "peak_gb": at_b["peak"] / 1e9,
@@ -151,7 +157,10 @@ def main() -> None:
           *r["max_batch"], f"{r['compile_s']:.0f}"] for r in rows],
         notes=["peak = arguments + outputs - donated + temporaries; 'vs first' against the "
                "first variant of the model (fp32 by default)",
-               "max B: linear through the peaks at B and B/2 (or 2B), rounded down "
+               "max B: linear through the peaks at B and " + (
+                   "B/2 (or 2B)" if args.points == 2 else
+                   "B = 0 taken as arguments + outputs - donated (every temporary counted as "
+                   "per-image: a lower bound)") + ", rounded down "
                "to a multiple of the accumulation steps; -1: peak does not grow with the batch"])
 
 
