@@ -118,10 +118,10 @@ def test_remat_keeps_the_parameter_tree(name):
     assert shapes(_with_remat(config)) == shapes(config)
 
 
-@pytest.mark.parametrize("name", ["tiny_ncsnpp", "tiny_ncsnv2"])
+@pytest.mark.parametrize("name", ["tiny_ncsnpp"])  # tiny_ncsnv2 passes too (2026-12-01), slower
 def test_remat_gradients_equal_the_plain_ones(name):
     """The DSM gradients with dropout on, to 1e-6 relative (float32): NCSN++'s BigGAN and
-    attention blocks, NCSNv2's residual blocks (DDPM's share ``layers.maybe_remat``)."""
+    attention blocks (DDPM's and NCSNv2's blocks share ``layers.maybe_remat``)."""
     config = load_config(TINY[name])
     config.model.dropout = 0.2
     config.training.continuous = True
