@@ -20,6 +20,10 @@ Keys beyond the official ones, read by this project:
   eval.likelihood_rtol/atol/eps  ODE tolerances and start time of the likelihood (1e-5).
   eval.likelihood_solver         diffrax solver of the likelihood ODE ('dopri5', as the official RK45).
   training.task        training objective registered in train_lib ('score').
+  training.grad_accum_steps  microbatches per update (gradients summed in a lax.scan; 1 = off).
+  model.dtype          compute dtype of the network: 'float32' | 'bfloat16' (parameters, optimizer
+                       state and EMA stay float32; see models/layers.get_dtype).
+  model.remat          recompute each residual / attention block in the backward pass.
   data.prefetch        batches prepared ahead by a background thread.
   data.source          'tfds' | 'npz' | 'folder' | 'digits' | 'toy'.
   data.tfds_name       tensorflow-datasets name when data.source == 'tfds'.
@@ -48,6 +52,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.n_jitted_steps = 5
     training.reduce_mean = False
     training.task = 'score'
+    training.grad_accum_steps = 1
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = 'pc'
@@ -112,6 +117,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.beta_max = 20.
     model.dropout = 0.1
     model.embedding_type = 'fourier'
+    model.dtype = 'float32'
+    model.remat = False
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.

@@ -12,6 +12,12 @@ Optimizer (official score_sde, SPEC §3): gradients clipped to global norm
 ``weight_decay`` and the learning rate ``lr · min(step / warmup, 1)`` (``step`` = updates done
 before this one, so the first update has lr 0, as in the official code). EMA after each update:
 ``params_ema ← r · params_ema + (1 − r) · params`` with r = ``config.model.ema_rate``.
+
+Random draws are per example: example i of the global batch draws its noise level, noise and
+dropout from ``split(step key, B)[i]``, and the loss is the mean of the per-example losses. So
+``config.training.grad_accum_steps`` = k (the batch cut into k microbatches, their gradients
+summed in a ``lax.scan`` before one update) gives the update of the whole batch up to float
+summation order, whatever k and the number of devices.
 """
 
 from __future__ import annotations
@@ -225,20 +231,82 @@ def abstract_train_state(config, sharding: jax.sharding.Sharding | None = None) 
                                   shapes)
 
 
-def get_train_step(config) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
+def _summed_per_example(loss_fn: StepLoss) -> Callable[[dict, Array, Batch], tuple[Array, dict]]:
+    """``(params, keys (b, 2), batch (b, ...)) -> (Σ_i loss_i, Σ_i aux_i)`` where loss_i is
+    ``loss_fn`` on example i alone (a batch of one) with key ``keys[i]``."""
+
+    def summed(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
+        def one(key, example):
+            return loss_fn(params, key, jax.tree_util.tree_map(lambda v: v[None], example))
+
+        per_loss, per_aux = jax.vmap(one)(keys, batch)
+        return jnp.sum(per_loss), jax.tree_util.tree_map(jnp.sum, per_aux)
+
+    return summed
+
+
+def grad_accum_steps(config) -> int:
+    """``config.training.grad_accum_steps`` (default 1), checked to be a positive integer."""
+    k = config.training.get("grad_accum_steps", 1)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"config.training.grad_accum_steps={k!r} must be a positive integer")
+    return int(k)
+
+
+def microbatches(tree, k: int, mesh: Mesh | None = None):
+    """(B, ...) leaves -> (k, B/k, ...): microbatch j holds examples j, j + k, j + 2k, ... so
+    that each device keeps its own rows (with ``mesh``, microbatches are sharded over 'data')."""
+    sizes = {v.shape[0] for v in jax.tree_util.tree_leaves(tree)}
+    (size,) = sizes
+    if size % k:
+        raise ValueError(f"the global batch of {size} is not divisible by "
+                         f"config.training.grad_accum_steps={k}")
+    if mesh is not None and (size // k) % mesh.devices.size:
+        raise ValueError(f"config.training.grad_accum_steps={k} makes microbatches of {size // k}, "
+                         f"not a multiple of the number of devices ({mesh.devices.size})")
+
+    def split(v):
+        v = jnp.swapaxes(v.reshape(size // k, k, *v.shape[1:]), 0, 1)
+        return v if mesh is None else jax.lax.with_sharding_constraint(v, data_sharding(mesh, True))
+
+    return jax.tree_util.tree_map(split, tree)
+
+
+def get_train_step(config, mesh: Mesh | None = None
+                   ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
     """``train_step(state, batch, rng) -> (new_state, metrics)``: one pure update.
 
     batch: ``{'image': (B, *data_shape) in [0, 1], 'label': (B,)}``; the data scaler is applied
-    here. metrics: ``loss``, ``grad_norm`` (before clipping), ``lr`` and the task's aux values.
+    here. metrics: ``loss``, ``grad_norm`` (before clipping), ``lr`` and the task's aux values
+    (batch means of the per-example values). With ``config.training.grad_accum_steps`` = k the
+    gradient is summed over k microbatches of B/k (:func:`microbatches`; ``mesh`` keeps them
+    sharded) before the update.
     """
     sde, _ = sde_lib.get_sde(config)
-    loss_fn = get_step_loss(config, sde, mutils.get_model(config), train=True)
+    summed = _summed_per_example(get_step_loss(config, sde, mutils.get_model(config), train=True))
+    grad_fn = jax.value_and_grad(summed, has_aux=True)
     tx, lr_fn = get_optimizer(config), learning_rate(config)
     scaler, ema_rate = datasets.get_data_scaler(config), float(config.model.ema_rate)
+    k = grad_accum_steps(config)
+
+    def summed_grads(params: dict, keys: Array, batch: Batch):
+        if k == 1:
+            return grad_fn(params, keys, batch)
+        micro = microbatches((keys, batch), k, mesh)
+        first = jax.tree_util.tree_map(lambda v: v[0], micro)
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                       jax.eval_shape(grad_fn, params, *first))
+
+        def accumulate(total, mb):
+            return jax.tree_util.tree_map(jnp.add, total, grad_fn(params, *mb)), None
+
+        return jax.lax.scan(accumulate, zeros, micro)[0]
 
     def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, dict]:
         batch = {**batch, "image": scaler(batch["image"])}
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, rng, batch)
+        size = batch["image"].shape[0]
+        (loss, aux), grads = jax.tree_util.tree_map(
+            lambda v: v / size, summed_grads(state.params, jax.random.split(rng, size), batch))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params_ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
@@ -324,7 +392,7 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1):
     n_steps > 1), update i using the key ``step_rng(state)``. The input state is donated."""
 
     def build():
-        train_step = get_train_step(config)
+        train_step = get_train_step(config, mesh)
 
         def one(state, batch):
             return train_step(state, batch, step_rng(state))

@@ -9,7 +9,6 @@ import itertools
 import json
 import os
 
-import flax.linen
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -176,7 +175,7 @@ def test_option_combinations_run(progressive, progressive_input, resblock, fir):
 @pytest.mark.parametrize("block", [  # ResnetBlockDDPMpp shares BigGANpp's branch code
     lambda: layerspp.ResnetBlockBigGANpp(act=jax.nn.swish, out_ch=8, dropout=0.5, init_scale=1.0),
     lambda: layers.ResnetBlockDDPM(act=jax.nn.swish, dropout=0.5,
-                                   normalize=functools.partial(flax.linen.GroupNorm, num_groups=4)),
+                                   normalize=functools.partial(layers.group_norm, num_groups=4)),
 ])
 def test_dropout_only_when_training(block):
     block = block()

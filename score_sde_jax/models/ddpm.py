@@ -6,7 +6,8 @@ Output has x's shape: ε̂ (or, with ``config.model.scale_by_sigma``, the output
 
 ``config.model`` keys: nf, ch_mult, num_res_blocks, attn_resolutions, dropout,
 resamp_with_conv, conditional, normalization ('GroupNorm'), nonlinearity, scale_by_sigma (and
-sigma_min / sigma_max / num_scales for it); ``config.data.centered``.
+sigma_min / sigma_max / num_scales for it), dtype (compute dtype, ``layers.get_dtype``), remat
+(recompute each residual and attention block in the backward pass); ``config.data.centered``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ Array = jax.Array
 
 
 def get_normalization(config):
-    """The normalisation layer of ``config.model.normalization`` (DDPM supports GroupNorm)."""
+    """``norm(x)`` of ``config.model.normalization`` (DDPM supports GroupNorm: 32 groups, eps
+    1e-6); call inside a compact module."""
     norm = config.model.normalization
     if norm != "GroupNorm":
         raise ValueError(f"config.model.normalization={norm!r}: the DDPM network uses 'GroupNorm'")
-    return nn.GroupNorm  # 32 groups, eps 1e-6
+    return layers.group_norm
 
 
 @utils.register_model(name="ddpm")
@@ -47,18 +49,20 @@ class DDPM(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"DDPM expects NHWC images, got shape {x.shape}")
 
-        attn_block = functools.partial(layers.AttnBlock, normalize=normalize)
-        resnet_block = functools.partial(
-            layers.ResnetBlockDDPM, act=act, normalize=normalize, dropout=m.dropout
-        )
+        dtype = layers.get_dtype(config)
+        attn_block = functools.partial(layers.maybe_remat(layers.AttnBlock, config),
+                                       normalize=normalize)
+        # With remat, train (argument 3, counting self) stays a Python bool.
+        resnet_block = functools.partial(layers.maybe_remat(layers.ResnetBlockDDPM, config, (3,)),
+                                         act=act, normalize=normalize, dropout=m.dropout)
 
         temb = None
-        if m.conditional:
+        if m.conditional:  # float32 sinusoidal features, dense layers in dtype
             temb = layers.get_timestep_embedding(labels, nf)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+            temb = layers.dense(temb, nf * 4, dtype)
+            temb = layers.dense(act(temb), nf * 4, dtype)
 
-        h = x if config.data.centered else 2 * x - 1.0
+        h = (x if config.data.centered else 2 * x - 1.0).astype(dtype)
 
         # Downsampling path.
         hs = [layers.ddpm_conv3x3(h, nf)]
@@ -90,8 +94,8 @@ class DDPM(nn.Module):
         if hs:
             raise AssertionError("DDPM: unused skip connections")
 
-        h = act(normalize()(h))
-        h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0)
+        h = act(normalize(h))
+        h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0).astype(jnp.float32)
 
         if m.scale_by_sigma:
             sigmas = jnp.asarray(layers.get_sigmas(config), jnp.float32)

@@ -3,6 +3,11 @@
 Module classes and the convolution helpers carry the names of the official score_sde code, so
 that Flax's automatic naming (``Conv_0``, ``NIN_2``, ``ResnetBlockDDPM_5`` ...) produces the
 parameter tree of the official checkpoints.
+
+Precision: every layer computes in the dtype of its input activations (float32, or bfloat16 when
+the network casts its input to ``get_dtype(config)``); parameters are float32 and are cast to
+that dtype where they meet the activations. GroupNorm computes its statistics in float32 and
+softmax runs in float32.
 """
 
 from __future__ import annotations
@@ -38,6 +43,39 @@ def get_act(config) -> Callable[[Array], Array]:
     return _ACTIVATIONS[name]
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def get_dtype(config) -> Any:
+    """The compute dtype of ``config.model.dtype`` ('float32', the default, or 'bfloat16').
+
+    Mixed precision: parameters stay float32 and every convolution, dense layer and attention
+    product computes in this dtype; normalisation statistics, the noise-level embeddings,
+    softmax and the final ÷σ stay float32 and the network returns float32.
+    """
+    name = str(config.model.get("dtype", "float32")).lower()
+    if name not in _DTYPES:
+        raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@functools.cache
+def _remat_class(cls: type, static_argnums: tuple[int, ...]) -> type:
+    wrapped = nn.remat(cls, static_argnums=static_argnums)
+    # Flax names a submodule after its class: keep 'ResnetBlockDDPM_3', not 'Checkpoint...'.
+    wrapped.__name__, wrapped.__qualname__ = cls.__name__, cls.__qualname__
+    return wrapped
+
+
+def maybe_remat(cls: type, config, static_argnums: tuple[int, ...] = ()) -> type:
+    """``cls``, or with ``config.model.remat`` its ``flax.linen.remat`` (activations recomputed
+    in the backward pass) under the same name, so the parameter tree is unchanged.
+    ``static_argnums`` index ``__call__``'s arguments with ``self`` as 0 (e.g. ``train``)."""
+    if not config.model.get("remat", False):
+        return cls
+    return _remat_class(cls, tuple(static_argnums))
+
+
 def get_sigmas(config) -> np.ndarray:
     """The SMLD noise levels, descending: exp(linspace(log σ_max, log σ_min, num_scales))."""
     m = config.model
@@ -59,6 +97,7 @@ def _ddpm_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array
         kernel_dilation=(dilation, dilation),
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
+        dtype=x.dtype,
     )(x)
 
 
@@ -102,8 +141,15 @@ def get_timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: 
     return emb
 
 
+def dense(x: Array, features: int, dtype: Any = None, init_scale: float = 1.0) -> Array:
+    """``nn.Dense`` with DDPM initialisation computing in ``dtype`` (default: x's), in the
+    calling module's scope."""
+    return nn.Dense(features, kernel_init=default_init(init_scale), dtype=dtype or x.dtype)(x)
+
+
 class NIN(nn.Module):
-    """Per-pixel linear map ("network in network"): x (..., C) @ W (C, num_units) + b."""
+    """Per-pixel linear map ("network in network"): x (..., C) @ W (C, num_units) + b, in x's
+    dtype."""
 
     num_units: int
     init_scale: float = 0.1
@@ -115,29 +161,37 @@ class NIN(nn.Module):
         return jnp.tensordot(x, w.astype(x.dtype), axes=1) + b.astype(x.dtype)
 
 
-def spatial_self_attention(x: Array, norm: nn.Module, out_init_scale: float) -> Array:
+def group_norm(x: Array, num_groups: int = 32) -> Array:
+    """``nn.GroupNorm`` (eps 1e-6) of x, statistics in float32, output in x's dtype (call
+    inside a compact module: it creates ``GroupNorm_i`` there)."""
+    return nn.GroupNorm(num_groups=num_groups, dtype=x.dtype)(x)
+
+
+def spatial_self_attention(x: Array, norm: Callable[[Array], Array],
+                           out_init_scale: float) -> Array:
     """Single-head self-attention over the H·W positions; returns the residual branch only.
 
     q, k, v = NIN(norm(x)); w = softmax_{(H', W')}(q·k / √C); out = NIN(Σ w v). Called from a
-    compact module, so the NINs are ``NIN_0..3`` of that module (q, k, v, out).
+    compact module, so the NINs are ``NIN_0..3`` of that module (q, k, v, out). The products
+    run in x's dtype, the softmax in float32.
     """
     b, h, w, c = x.shape
     hn = norm(x)
     q, k, v = NIN(c)(hn), NIN(c)(hn), NIN(c)(hn)
-    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (c**-0.5)
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).astype(jnp.float32) * (c**-0.5)
     weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
-    out = jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
+    out = jnp.einsum("bhwHW,bHWc->bhwc", weights.astype(x.dtype), v)
     return NIN(c, init_scale=out_init_scale)(out)
 
 
 class AttnBlock(nn.Module):
     """DDPM self-attention block: x + attention(GroupNorm(x))."""
 
-    normalize: Any = nn.GroupNorm
+    normalize: Callable[[Array], Array] = group_norm
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return x + spatial_self_attention(x, self.normalize(), 0.0)
+        return x + spatial_self_attention(x, self.normalize, 0.0)
 
 
 class Upsample(nn.Module):
@@ -170,7 +224,7 @@ class ResnetBlockDDPM(nn.Module):
     """
 
     act: Callable
-    normalize: Any = nn.GroupNorm
+    normalize: Callable[[Array], Array] = group_norm
     out_ch: int | None = None
     conv_shortcut: bool = False
     dropout: float = 0.5
@@ -179,10 +233,10 @@ class ResnetBlockDDPM(nn.Module):
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = ddpm_conv3x3(self.act(self.normalize()(x)), out_ch)
+        h = ddpm_conv3x3(self.act(self.normalize(x)), out_ch)
         if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-        h = self.act(self.normalize()(h))
+            h = h + dense(self.act(temb), out_ch, h.dtype)[:, None, None, :]
+        h = self.act(self.normalize(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=0.0)
         if c != out_ch:

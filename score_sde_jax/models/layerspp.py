@@ -2,16 +2,17 @@
 
 GroupNorm layers here use min(C // 4, 32) groups; ``skip_rescale`` divides every residual sum by
 √2; ``init_scale`` scales the initialiser of the last convolution of a residual branch (0: ~zero).
+Every layer computes in its input's dtype (see ``layers``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_sde_jax.models import layers
 from score_sde_jax.models import up_or_down_sampling as ud
@@ -24,13 +25,14 @@ default_init = layers.default_init
 FirKernel = tuple[int, ...]
 
 
-def group_norm(num_channels: int) -> nn.GroupNorm:
-    """GroupNorm with min(C // 4, 32) groups (eps 1e-6), as NCSN++ uses throughout."""
-    return nn.GroupNorm(num_groups=min(num_channels // 4, 32))
+def group_norm(x: Array) -> Array:
+    """GroupNorm of x with min(C // 4, 32) groups (eps 1e-6), as NCSN++ uses throughout."""
+    return layers.group_norm(x, min(x.shape[-1] // 4, 32))
 
 
-def _residual(x: Array, h: Array, skip_rescale: bool) -> Array:
-    return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+def residual(x: Array, h: Array, skip_rescale: bool) -> Array:
+    """x + h, over √2 with ``skip_rescale`` (a Python float: bfloat16 stays bfloat16)."""
+    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 class GaussianFourierProjection(nn.Module):
@@ -73,8 +75,8 @@ class AttnBlockpp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = layers.spatial_self_attention(x, group_norm(x.shape[-1]), self.init_scale)
-        return _residual(x, h, self.skip_rescale)
+        h = layers.spatial_self_attention(x, group_norm, self.init_scale)
+        return residual(x, h, self.skip_rescale)
 
 
 class Upsample(nn.Module):
@@ -126,8 +128,8 @@ def _branch_tail(h: Array, temb: Array | None, out_ch: int, act: Callable, dropo
     """conv3x3 -> + Dense(act(temb)) -> act(GroupNorm) -> dropout -> conv3x3 (init_scale)."""
     h = conv3x3(h, out_ch)
     if temb is not None:
-        h = h + nn.Dense(out_ch, kernel_init=default_init())(act(temb))[:, None, None, :]
-    h = act(group_norm(out_ch)(h))
+        h = h + layers.dense(act(temb), out_ch, h.dtype)[:, None, None, :]
+    h = act(group_norm(h))
     h = nn.Dropout(dropout)(h, deterministic=not train)
     return conv3x3(h, out_ch, init_scale=init_scale)
 
@@ -146,11 +148,11 @@ class ResnetBlockDDPMpp(nn.Module):
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = self.act(group_norm(c)(x))
+        h = self.act(group_norm(x))
         h = _branch_tail(h, temb, out_ch, self.act, self.dropout, self.init_scale, train)
         if c != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
-        return _residual(x, h, self.skip_rescale)
+        return residual(x, h, self.skip_rescale)
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -185,9 +187,9 @@ class ResnetBlockBigGANpp(nn.Module):
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = self._resample(self.act(group_norm(c)(x)))
+        h = self._resample(self.act(group_norm(x)))
         x = self._resample(x)
         h = _branch_tail(h, temb, out_ch, self.act, self.dropout, self.init_scale, train)
         if c != out_ch or self.up or self.down:
             x = conv1x1(x, out_ch)
-        return _residual(x, h, self.skip_rescale)
+        return residual(x, h, self.skip_rescale)

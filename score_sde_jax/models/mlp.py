@@ -7,7 +7,8 @@ Config keys (``config.model``): ``nf`` hidden width, ``num_layers`` residual blo
 labels σ or integer SMLD indices; 'positional': sinusoidal embedding of the label as given,
 e.g. 999·t for VP), ``fourier_scale``, ``dropout``, ``scale_by_sigma`` (divide the output by σ,
 as NCSN++ on VE), optional ``conditional`` (default True) and ``init_scale`` (default 0: the
-last layer of every residual branch starts near zero).
+last layer of every residual branch starts near zero), ``dtype`` (compute dtype of the dense
+layers, ``layers.get_dtype``; embeddings, layer-norm statistics and the output stay float32).
 
 Block: h ← h + W₂ · drop(act(W₁ · act(LN(h)) + V · act(temb))), then out = W_o · act(LN(h)).
 The layer norms keep the network well-scaled for VE inputs whose size grows with σ.
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from score_sde_jax.models import utils
-from score_sde_jax.models.layers import default_init, get_act, get_timestep_embedding
+from score_sde_jax.models.layers import default_init, get_act, get_dtype, get_timestep_embedding
 from score_sde_jax.models.layerspp import GaussianFourierProjection
 from score_sde_jax.models.ncsnv2_layers import label_sigmas
 
@@ -54,23 +55,27 @@ class MLP(nn.Module):
         if labels.shape != x.shape[:1]:
             raise ValueError(f'labels must have shape {x.shape[:1]}, got {labels.shape}')
         act = get_act(self.config)
-        nf = m.nf
+        nf, dtype = m.nf, get_dtype(self.config)
+
         def dense(features, scale=1.0):
-            return nn.Dense(features, kernel_init=default_init(scale))
+            return nn.Dense(features, kernel_init=default_init(scale), dtype=dtype)
+
+        def norm(h):
+            return nn.LayerNorm(dtype=dtype)(h)
 
         temb = None
         if m.get('conditional', True):
             temb = dense(4 * nf)(self._time_embedding(labels))
             temb = dense(4 * nf)(act(temb))
 
-        h = dense(nf)(x.reshape((x.shape[0], -1)))
+        h = dense(nf)(x.reshape((x.shape[0], -1)).astype(dtype))
         for _ in range(m.num_layers):
-            r = dense(nf)(act(nn.LayerNorm()(h)))
+            r = dense(nf)(act(norm(h)))
             if temb is not None:
                 r = r + dense(nf)(act(temb))
             r = nn.Dropout(m.dropout, deterministic=not train)(act(r))
             h = h + dense(nf, m.get('init_scale', 0.0))(r)
-        out = dense(math.prod(x.shape[1:]))(act(nn.LayerNorm()(h)))
+        out = dense(math.prod(x.shape[1:]))(act(norm(h))).astype(jnp.float32)
 
         if m.scale_by_sigma:
             out = out / label_sigmas(labels, self.config)[:, None]

@@ -8,7 +8,8 @@ divides by σ) or the noise prediction ε̂, depending on how the network was tr
 conditional, fir, fir_kernel, skip_rescale, resblock_type ('ddpm' | 'biggan'), progressive
 ('none' | 'output_skip' | 'residual'), progressive_input ('none' | 'input_skip' | 'residual'),
 progressive_combine ('sum' | 'cat'), embedding_type ('fourier' | 'positional'), fourier_scale,
-init_scale, scale_by_sigma, nonlinearity; plus ``config.data.centered`` and, for
+init_scale, scale_by_sigma, nonlinearity, dtype (compute dtype, ``layers.get_dtype``), remat
+(recompute each residual and attention block in the backward pass); plus ``config.data.centered`` and, for
 ``scale_by_sigma`` with positional embeddings, sigma_min / sigma_max / num_scales.
 
 Submodules are created in the order of the official code, so Flax names them identically
@@ -23,7 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from score_sde_jax.models import layers, layerspp, utils
 
@@ -45,18 +45,15 @@ def _option(config, key: str) -> str:
     return value
 
 
-def _merge(a: Array, b: Array, skip_rescale: bool) -> Array:
-    return (a + b) / np.sqrt(2.0) if skip_rescale else a + b
-
-
 @utils.register_model(name="ncsnpp")
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ score network (see the module docstring)."""
 
     config: ml_collections.ConfigDict
 
-    def _embed(self, labels: Array, act) -> tuple[Array | None, Array | None]:
-        """Noise-level embedding (B, 4 nf) or None, and σ of each sample (or None)."""
+    def _embed(self, labels: Array, act, dtype) -> tuple[Array | None, Array | None]:
+        """Noise-level embedding (B, 4 nf) or None, and σ of each sample (or None). The
+        Fourier / sinusoidal features are float32, the two dense layers compute in ``dtype``."""
         m = self.config.model
         if _option(self.config, "embedding_type") == "fourier":
             # labels are σ; the projection sees log σ.
@@ -72,8 +69,8 @@ class NCSNpp(nn.Module):
             temb = layers.get_timestep_embedding(labels, m.nf)
         if not m.conditional:
             return None, used_sigmas
-        temb = nn.Dense(m.nf * 4, kernel_init=layers.default_init())(temb)
-        temb = nn.Dense(m.nf * 4, kernel_init=layers.default_init())(act(temb))
+        temb = layers.dense(temb, m.nf * 4, dtype)
+        temb = layers.dense(act(temb), m.nf * 4, dtype)
         return temb, used_sigmas
 
     @nn.compact
@@ -91,11 +88,11 @@ class NCSNpp(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"NCSNpp expects NHWC images, got shape {x.shape}")
 
-        temb, used_sigmas = self._embed(labels, act)
+        dtype = layers.get_dtype(config)
+        temb, used_sigmas = self._embed(labels, act, dtype)
 
-        attn_block = functools.partial(
-            layerspp.AttnBlockpp, init_scale=init_scale, skip_rescale=skip_rescale
-        )
+        attn_block = functools.partial(layers.maybe_remat(layerspp.AttnBlockpp, config),
+                                       init_scale=init_scale, skip_rescale=skip_rescale)
         upsample = functools.partial(
             layerspp.Upsample, with_conv=m.resamp_with_conv, fir=fir, fir_kernel=fir_kernel
         )
@@ -113,15 +110,17 @@ class NCSNpp(nn.Module):
             with_conv=progressive_input == "residual",
         )
         common = dict(act=act, dropout=m.dropout, init_scale=init_scale, skip_rescale=skip_rescale)
+        # With remat, train (argument 3, counting self) stays a Python bool.
         if resblock_type == "ddpm":
-            resnet_block = functools.partial(layerspp.ResnetBlockDDPMpp, **common)
+            block_cls = layers.maybe_remat(layerspp.ResnetBlockDDPMpp, config, (3,))
+            resnet_block = functools.partial(block_cls, **common)
         else:
-            resnet_block = functools.partial(
-                layerspp.ResnetBlockBigGANpp, fir=fir, fir_kernel=fir_kernel, **common
-            )
+            block_cls = layers.maybe_remat(layerspp.ResnetBlockBigGANpp, config, (3,))
+            resnet_block = functools.partial(block_cls, fir=fir, fir_kernel=fir_kernel, **common)
 
         if not config.data.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
+        x = x.astype(dtype)
 
         # Downsampling path.
         input_pyramid = x if progressive_input != "none" else None
@@ -143,7 +142,7 @@ class NCSNpp(nn.Module):
                 h = combiner()(input_pyramid, h)
             elif progressive_input == "residual":
                 input_pyramid = pyramid_downsample(out_ch=h.shape[-1])(input_pyramid)
-                input_pyramid = _merge(input_pyramid, h, skip_rescale)
+                input_pyramid = layerspp.residual(input_pyramid, h, skip_rescale)
                 h = input_pyramid
             hs.append(h)
 
@@ -166,16 +165,14 @@ class NCSNpp(nn.Module):
             if progressive == "output_skip":
                 if pyramid is not None:
                     pyramid = pyramid_upsample()(pyramid)
-                branch = conv3x3(
-                    act(group_norm(h.shape[-1])(h)), x.shape[-1], bias=True, init_scale=init_scale
-                )
+                branch = conv3x3(act(group_norm(h)), x.shape[-1], bias=True, init_scale=init_scale)
                 pyramid = branch if pyramid is None else pyramid + branch
             elif progressive == "residual":
                 if pyramid is None:
-                    pyramid = conv3x3(act(group_norm(h.shape[-1])(h)), h.shape[-1], bias=True)
+                    pyramid = conv3x3(act(group_norm(h)), h.shape[-1], bias=True)
                 else:
                     pyramid = pyramid_upsample(out_ch=h.shape[-1])(pyramid)
-                    pyramid = _merge(pyramid, h, skip_rescale)
+                    pyramid = layerspp.residual(pyramid, h, skip_rescale)
                     h = pyramid
 
             if i_level != 0:
@@ -190,9 +187,10 @@ class NCSNpp(nn.Module):
         if progressive == "output_skip":
             h = pyramid
         else:
-            h = act(group_norm(h.shape[-1])(h))
+            h = act(group_norm(h))
             h = conv3x3(h, x.shape[-1], init_scale=init_scale)
 
+        h = h.astype(jnp.float32)
         if m.scale_by_sigma:
             if used_sigmas is None:
                 raise ValueError("config.model.scale_by_sigma needs sigmas")

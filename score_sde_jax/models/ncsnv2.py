@@ -12,7 +12,9 @@ Labels: an integer noise-level index into the descending σ table (discrete SMLD
 ``round((T − t)(N − 1))``), or a float σ (continuous VE). NCSNv2 is unconditional and, with
 ``config.model.scale_by_sigma``, returns its output divided by σ_label — the score of a
 Gaussian-perturbed datum scales as 1/σ (NCSNv2 technique 3). Inputs in [0, 1] are mapped to
-[-1, 1] unless ``config.data.centered``.
+[-1, 1] unless ``config.data.centered``. ``config.model.dtype`` is the compute dtype
+(``layers.get_dtype``); the output is float32. ``config.model.remat`` recomputes each backbone
+residual block in the backward pass.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import ClassVar
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from score_sde_jax.models import utils
-from score_sde_jax.models.layers import get_act
+from score_sde_jax.models.layers import get_act, get_dtype, maybe_remat
 from score_sde_jax.models.ncsnv2_layers import (
+    ResidualBlock,
     get_normalization,
     label_indices,
     label_sigmas,
@@ -77,11 +81,12 @@ class _RefineNetScoreModel(nn.Module):
         stages, refine = _SPECS[self._variant()]
         y = label_indices(labels, config)
 
-        h = x if config.data.centered else 2 * x - 1.0
+        h = (x if config.data.centered else 2 * x - 1.0).astype(get_dtype(config))
         h = refinenet(h, y, config.model.nf, stages, refine, norm,
                       refine_norm=norm if self.conditional else None, act=act,
-                      interpolation=config.model.interpolation)
-        h = ncsn_conv(act(norm()(h, y)), x.shape[-1])
+                      interpolation=config.model.interpolation,
+                      residual_block=maybe_remat(ResidualBlock, config))
+        h = ncsn_conv(act(norm()(h, y)), x.shape[-1]).astype(jnp.float32)
         if config.model.scale_by_sigma:
             h = h / label_sigmas(labels, config).reshape((-1, 1, 1, 1))
         return h

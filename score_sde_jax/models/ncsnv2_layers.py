@@ -7,6 +7,9 @@ conditional InstanceNorm++ and pools by averaging; NCSNv2 has no normalisation t
 (``refine_norm=None``) and max-pools.
 
 Also here: the map from a network label to its noise level σ (index or value).
+
+Every layer computes in its input's dtype; the normalisations compute in float32 and return
+their input's dtype.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def ncsn_conv(x: Array, features: int, kernel: int = 3, bias: bool = True,
     weights and bias ~ U(±1/√fan_in). Must be called inside a compact module."""
     fan_in = kernel * kernel * x.shape[-1]
     return nn.Conv(features, (kernel, kernel), padding='SAME', use_bias=bias,
-                   kernel_dilation=(dilation, dilation),
+                   kernel_dilation=(dilation, dilation), dtype=x.dtype,
                    kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
                    bias_init=_torch_bias_init(fan_in))(x)
 
@@ -100,7 +103,8 @@ def _scale_init(key, shape, dtype=jnp.float32):
 def _instance_stats(x: Array) -> tuple[Array, Array]:
     """The instance-normalised x (per sample and channel over H, W) and the channel means μ
     (B, C) standardised over channels (the '++' term; unbiased variance over channels, as the
-    original NCSN code)."""
+    original NCSN code). Both float32."""
+    x = x.astype(jnp.float32)
     means = jnp.mean(x, axis=(1, 2))
     h = (x - means[:, None, None, :]) / jnp.sqrt(jnp.var(x, axis=(1, 2), keepdims=True) + 1e-5)
     m = jnp.mean(means, axis=-1, keepdims=True)
@@ -118,7 +122,7 @@ class InstanceNorm2dPlus(nn.Module):
         alpha = self.param('alpha', _scale_init, (c,))
         gamma = self.param('gamma', _scale_init, (c,))
         beta = self.param('beta', nn.initializers.zeros, (c,))
-        return gamma * (h + alpha * means_plus[:, None, None, :]) + beta
+        return (gamma * (h + alpha * means_plus[:, None, None, :]) + beta).astype(x.dtype)
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):
@@ -138,7 +142,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
             nn.Embed(self.num_classes, 3 * c, embedding_init=init)(y), 3, axis=-1)
         h, means_plus = _instance_stats(x)
         h = h + alpha[:, None, None, :] * means_plus[:, None, None, :]
-        return gamma[:, None, None, :] * h + beta[:, None, None, :]
+        return (gamma[:, None, None, :] * h + beta[:, None, None, :]).astype(x.dtype)
 
 
 class InstanceNorm2d(nn.Module):
@@ -148,8 +152,9 @@ class InstanceNorm2d(nn.Module):
     def __call__(self, x: Array, y: Array | None = None) -> Array:
         c = x.shape[-1]
         h, _ = _instance_stats(x)
-        return h * self.param('scale', nn.initializers.ones, (c,)) + self.param(
+        out = h * self.param('scale', nn.initializers.ones, (c,)) + self.param(
             'bias', nn.initializers.zeros, (c,))
+        return out.astype(x.dtype)
 
 
 class GroupNorm(nn.Module):
@@ -157,7 +162,7 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, y: Array | None = None) -> Array:
-        return nn.GroupNorm(num_groups=min(32, max(x.shape[-1] // 4, 1)))(x)
+        return nn.GroupNorm(num_groups=min(32, max(x.shape[-1] // 4, 1)), dtype=x.dtype)(x)
 
 
 _NORMS = {'InstanceNorm++': InstanceNorm2dPlus, 'InstanceNorm': InstanceNorm2d,
@@ -301,20 +306,22 @@ class RefineBlock(nn.Module):
 
 def refinenet(x: Array, y: Array, nf: int, stages: Sequence[tuple[int, int]],
               refine_features: Sequence[int], norm: NormFactory, refine_norm: NormFactory | None,
-              act: Callable[[Array], Array], interpolation: str) -> Array:
+              act: Callable[[Array], Array], interpolation: str,
+              residual_block: type[nn.Module] = ResidualBlock) -> Array:
     """The NCSN / NCSNv2 trunk (call inside a compact module).
 
     ``stages``: (width multiplier, dilation) per backbone stage; every stage but the first
     starts with a ``down`` block. ``refine_features``: width multipliers of the RefineBlocks
-    from the deepest stage up. Returns the last RefineBlock output, (B, H, W, nf·mult).
+    from the deepest stage up. ``residual_block``: the backbone block class (``ResidualBlock``, or
+its rematerialized version under the same name). Returns the last RefineBlock output, (B, H, W, nf·mult).
     """
     if len(refine_features) != len(stages):
         raise ValueError('refine_features needs one entry per backbone stage')
     h = ncsn_conv(x, nf)
     layers = []
     for i, (mult, dilation) in enumerate(stages):
-        h = ResidualBlock(mult * nf, norm, act, down=i > 0, dilation=dilation)(h, y)
-        h = ResidualBlock(mult * nf, norm, act, dilation=dilation)(h, y)
+        h = residual_block(mult * nf, norm, act, down=i > 0, dilation=dilation)(h, y)
+        h = residual_block(mult * nf, norm, act, dilation=dilation)(h, y)
         layers.append(h)
     ref = None
     for k, layer in enumerate(reversed(layers)):

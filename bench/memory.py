@@ -1,0 +1,168 @@
+"""Memory and FLOPs of the full-size train steps, from XLA's compiled programs (nothing executed).
+
+    python bench/memory.py [--only cifar10_ddpmpp] [--variants fp32,bf16+remat] [--json out.json]
+
+For each model and variant the train step (``train_lib.get_train_step``: forward, backward,
+clipped Adam, EMA) is lowered on abstract shapes (``jax.ShapeDtypeStruct``; the state comes from
+``train_lib.abstract_train_state``, a ``jax.eval_shape`` of the initializer, so no big model is
+ever initialized) and compiled for one device with the state donated, as ``compile_train_step``
+does. Reported:
+  peak      arguments + outputs − aliased (donated) bytes + temporaries, from
+            ``compiled.memory_analysis()`` at the model's per-device batch B.
+  GFLOP/img ``compiled.cost_analysis()['flops']`` / B (one update, backward included).
+  max batch the largest per-device batch whose peak fits in 16 / 24 / 40 / 80 GB (GB = 10^9
+            bytes), extrapolated linearly from the peaks at B and B/2 (B and 2B when B/2
+            is below the accumulation steps): peak(b) = fixed + b · per-image. With
+            accumulation the batch is the whole update's (k microbatches of b / k).
+The compiled program is XLA:CPU's; a GPU / TPU compiler schedules differently (fusion, and its
+own buffer reuse), so the numbers are an estimate of device memory, compared across variants in
+one run. bfloat16 convolutions are lowered by XLA:CPU as float32 with conversions around them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
+from score_sde_jax import train_lib  # noqa: E402
+from score_sde_jax.models import utils as mutils  # noqa: E402
+
+# (row name, config file, per-device batch): CIFAR-10 at the batch of the official runs (128);
+# 256² (official global batch 64) and 1024² (official 8) split over 8 TPU cores.
+MODELS = [
+    ("cifar10_ddpmpp", "configs/vp/cifar10_ddpmpp_continuous.py", 128),
+    ("cifar10_ddpmpp_deep", "configs/vp/cifar10_ddpmpp_deep_continuous.py", 128),
+    ("cifar10_ncsnpp", "configs/ve/cifar10_ncsnpp_continuous.py", 128),
+    ("cifar10_ncsnpp_deep", "configs/ve/cifar10_ncsnpp_deep_continuous.py", 128),
+    ("celebahq256_ncsnpp", "configs/ve/celebahq_256_ncsnpp_continuous.py", 8),
+    ("ffhq1024_ncsnpp", "configs/ve/ffhq_ncsnpp_continuous.py", 1),
+]
+VARIANTS = {  # name: (model.dtype, model.remat, training.grad_accum_steps)
+    "fp32": ("float32", False, 1),
+    "bf16": ("bfloat16", False, 1),
+    "remat": ("float32", True, 1),
+    "bf16+remat": ("bfloat16", True, 1),
+    "fp32 accum4": ("float32", False, 4),
+    "bf16+remat accum4": ("bfloat16", True, 4),
+}
+MEMORIES_GB = (16, 24, 40, 80)
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def variant_config(path: str, variant: str):
+    config = load_config(os.path.join(ROOT, path))
+    dtype, remat, accum = VARIANTS[variant]
+    config.model.dtype, config.model.remat, config.training.grad_accum_steps = dtype, remat, accum
+    return config
+
+
+def analyse(config, batch: int) -> dict:
+    """Peak bytes and FLOPs of the compiled one-device train step at ``batch`` (see the module
+    docstring); also the compile time."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    state = train_lib.abstract_train_state(config, device)
+    shape = mutils.data_shape(config)
+    batch_spec = {"image": jax.ShapeDtypeStruct((batch, *shape), jnp.float32, sharding=device),
+                  "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=device)}
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=device)
+    start = time.perf_counter()
+    lowered = jax.jit(train_lib.get_train_step(config), donate_argnums=0).lower(state, batch_spec, rng)
+    # Buffer assignment (hence the memory numbers) happens on the optimized HLO, before code
+    # generation: skipping LLVM's optimizations makes the compile minutes faster on CPU.
+    compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes)
+    return {"batch": batch, "peak": int(peak), "arguments": int(mem.argument_size_in_bytes),
+            "temp": int(mem.temp_size_in_bytes), "flops": float(cost.get("flops", float("nan"))),
+            "compile_s": seconds}
+
+
+def max_batch(at_b: dict, at_other: dict, memory_bytes: float, multiple: int) -> int:
+    """Largest batch (a multiple of ``multiple``) under ``memory_bytes`` on the line through the
+    two measured peaks."""
+    per_image = (at_b["peak"] - at_other["peak"]) / (at_b["batch"] - at_other["batch"])
+    fixed = at_b["peak"] - per_image * at_b["batch"]
+    if per_image <= 0:
+        return -1
+    b = int((memory_bytes - fixed) // per_image)
+    return max(b - b % multiple, 0)
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated model rows (default: all)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants")
+    parser.add_argument("--batch", type=int, default=0, help="override every per-device batch")
+    parser.add_argument("--points", type=int, choices=(1, 2), default=2,
+                        help="batches compiled per row: 2 (B and B/2) or 1 (B only: max batch "
+                             "from peak = (state + batch) + B * temporaries / B, conservative)")
+    parser.add_argument("--json", default="", help="append one JSON line per row to this file")
+    args = parser.parse_args()
+    only = [s for s in args.only.split(",") if s]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+
+    rows, base = [], {}
+    for name, path, batch in MODELS:
+        if only and name not in only:
+            continue
+        batch = args.batch or batch
+        for variant in variants:
+            config = variant_config(path, variant)
+            accum = config.training.grad_accum_steps
+            at_b = analyse(config, batch)
+            if args.points == 2:
+                at_other = analyse(config, batch // 2 if batch // 2 >= accum else 2 * batch)
+            else:  # batch-independent part taken as the state's (outputs alias the donated state)
+                at_other = {"batch": 0, "peak": at_b["peak"] - at_b["temp"], "compile_s": 0.0}
+            fits = [max_batch(at_b, at_other, m * 1e9, accum) for m in MEMORIES_GB]
+            base.setdefault(name, at_b["peak"])
+            row = {"model": name, "variant": variant, "batch": batch, "peak_gb": at_b["peak"] / 1e9,
+                   "vs_fp32": at_b["peak"] / base[name],
+                   "args_gb": at_b["arguments"] / 1e9, "temp_gb": at_b["temp"] / 1e9,
+                   "gflop_per_image": at_b["flops"] / batch / 1e9, "max_batch": fits,
+                   "compile_s": at_b["compile_s"] + at_other["compile_s"]}
+            print(json.dumps(row), flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            rows.append(row)
+
+    print()
+    print_table(
+        f"Train-step memory (XLA:CPU compiled, not run) — {machine()}",
+        ["model", "variant", "B", "peak GB", "vs first", "state+batch GB", "temp GB",
+         "GFLOP/img", *[f"max B {m}GB" for m in MEMORIES_GB], "compile s"],
+        [[r["model"], r["variant"], r["batch"], f"{r['peak_gb']:.2f}", f"{r['vs_fp32']:.2f}",
+          f"{r['args_gb']:.2f}", f"{r['temp_gb']:.2f}", f"{r['gflop_per_image']:.1f}",
+          *r["max_batch"], f"{r['compile_s']:.0f}"] for r in rows],
+        notes=["peak = arguments + outputs - donated + temporaries; 'vs first' against the "
+               "first variant of the model (fp32 by default)",
+               "max B: linear through the peaks at B and " + (
+                   "B/2 (or 2B)" if args.points == 2 else
+                   "B = 0 taken as arguments + outputs - donated (every temporary counted as "
+                   "per-image: a lower bound)") + ", rounded down "
+               "to a multiple of the accumulation steps; -1: peak does not grow with the batch"])
+
+
+if __name__ == "__main__":
+    main()
