@@ -321,6 +321,17 @@ def test_eval_batch_size_must_divide_over_the_devices(workdir):
         eval_lib.evaluate(config, workdir / "run", "bad_batch")
 
 
+def test_quantize_truncates_like_the_official_code_or_rounds_like_edm(workdir):
+    config = make_config(workdir)
+    x = datasets.get_data_scaler(config)(np.array([0.0, 0.2, 0.7, 254.6, 300.0], np.float32) / 255)
+    assert np.asarray(eval_steps.quantize_fn(config)(x)).tolist() == [0, 0, 0, 254, 255]
+    config.eval.quantize = "round"
+    assert np.asarray(eval_steps.quantize_fn(config)(x)).tolist() == [0, 0, 1, 255, 255]
+    config.eval.quantize = "nearest"
+    with pytest.raises(ValueError, match="config.eval.quantize='nearest'"):
+        eval_steps.quantize_fn(config)
+
+
 def test_missing_inception_weights_fail_first_and_say_where_to_get_them(workdir, tmp_path):
     config = make_config(workdir)
     config.eval.inception_path = str(tmp_path / "nowhere.npz")
