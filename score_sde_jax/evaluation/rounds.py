@@ -158,7 +158,8 @@ def reference_statistics(ctx: Context, path: str | Path) -> dict[str, np.ndarray
     parts = []
     try:
         for b, (_, n, data) in enumerate(global_batches(ctx.config, "train", ctx.batch)):
-            images = np.round(np.asarray(data["image"]) * 255.0).astype(np.uint8)  # the 8-bit data
+            # 8-bit images like the samples' (one compiled Inception step for both)
+            images = np.round(np.asarray(data["image"]) * 255.0).astype(np.uint8)
             feats = inception_features(ctx, sharding.global_array(images, ctx.mesh))
             parts.append({key: v[:n] for key, v in feats.items()})
             progress.update(b + 1)
