@@ -74,13 +74,15 @@ def test_two_processes_evaluate_like_one(tmp_path):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=f"{name}:{key}")
     for r in range(2):  # process 0 merged both processes' rows; each wrote only its own
         np.testing.assert_allclose(io.load_npz(two / "ckpt_1" / f"round_{r}.npz")["samples"],
-                                   io.load_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"], atol=1e-5)
+                                   io.load_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"],
+                                   rtol=1e-5, atol=1e-5)
         rows = [io.load_npz(two / f"ckpt_1_host_{h}" / f"samples_{r}.npz")["indices"] for h in (0, 1)]
         assert sorted(np.concatenate(rows).tolist()) == list(range(16 * r, 16 * r + 16))
         assert len(rows[0]) == len(rows[1]) == 8
     regenerated = io.load_npz(next((tmp_path / "seeds").glob("*.npz")))
     merged = np.concatenate([io.load_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"] for r in (0, 1)])
-    np.testing.assert_allclose(regenerated["samples"], merged[SEEDS], atol=1e-5)
+    # the untrained model's samples are O(100): float summation order shows at 1e-5 relative
+    np.testing.assert_allclose(regenerated["samples"], merged[SEEDS], rtol=1e-5, atol=1e-5)
     assert single[1]["bpd"] == pytest.approx(float(io.load_npz(two / "test_ckpt_1_bpd.npz")["mean_bpd"]),
                                              rel=1e-5)
 
