@@ -40,6 +40,8 @@ flags.DEFINE_string("eval_folder", "eval", "Folder (under workdir) for evaluatio
 flags.DEFINE_integer("num_samples", None, "sample mode: number of samples (default "
                      "config.eval.batch_size; inpainting / colorization of one image: that many "
                      "draws of it).", lower_bound=1)
+flags.DEFINE_string("seeds", None, "sample mode: regenerate these samples of the evaluation "
+                    "by number, e.g. 0-63 or 5,17 (instead of --num_samples).")
 flags.DEFINE_integer("step", None, "sample mode: checkpoint step (default: the latest).")
 flags.DEFINE_string("sample_dir", None, "sample, encode, interpolate modes: output folder "
                     "(default workdir/samples; workdir/latents for encode and interpolate).")
@@ -215,6 +217,11 @@ def _sample(config, workdir: str) -> dict:
         return controllable_cli.sample_class(
             config, workdir, FLAGS.classifier_workdir, FLAGS.class_label, FLAGS.guidance_scale, out,
             num_samples=num, classifier_config=FLAGS.classifier_config, step=FLAGS.step)
+    if FLAGS.seeds is not None:
+        from score_sde_jax.evaluation import loops
+
+        return run_lib.sample(config, workdir, None, out, step=FLAGS.step,
+                              seeds=loops.parse_seeds(FLAGS.seeds))
     return run_lib.sample(config, workdir, num, out, step=FLAGS.step)
 
 

@@ -15,6 +15,7 @@ Keys beyond the official ones, read by this project:
   sampling.temperature τ: the ode, heun and dpm_solver samplers start from τ · (a prior draw).
   eval.inception_path  local Inception-v3 weight file for FID / IS / KID ('' = not set).
   eval.ref_stats_path  cached Inception statistics of the data set ('' = under the eval dir).
+  eval.quantize        samples -> uint8 before Inception: 'truncate' (official) | 'round' (EDM).
   eval.bpd_num_repeats dequantization repeats of the bits/dim evaluation (official: 5).
   eval.hutchinson_type trace estimator of the likelihood: 'rademacher' | 'gaussian' | 'exact'.
   eval.likelihood_rtol/atol/eps  ODE tolerances and start time of the likelihood (1e-5).
@@ -95,6 +96,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.likelihood_eps = 1e-5
     evaluate.inception_path = ''
     evaluate.ref_stats_path = ''
+    evaluate.quantize = 'truncate'
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = 'CIFAR10'

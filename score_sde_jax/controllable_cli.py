@@ -3,8 +3,11 @@
 Edge code (reads PNG / npz inputs and checkpoints, writes PNG / npz); the maths is in
 :mod:`score_sde_jax.controllable_generation`. Every function samples with the EMA parameters
 of the latest checkpoint in ``workdir`` (or ``step``), with ``config.sampling``'s predictor,
-corrector, snr, ``n_steps_each``, ``probability_flow`` and ``noise_removal``, in batches of at
-most ``config.eval.batch_size``.
+corrector, snr, ``n_steps_each``, ``probability_flow`` and ``noise_removal``, in global batches of
+at most ``config.eval.batch_size`` sharded over every device of every process (parameters
+replicated), input i drawing its noise from its own key ``fold_in(rng, i)``: the outputs do not
+depend on the device count (the Langevin corrector's step size, a batch mean, depends on the
+batch).
 
 Inputs (images in [0, 1]: uint8 files are divided by 255):
   image   a PNG / JPEG (one image), or ``.npz`` / ``.npy`` holding (N, H, W[, C]) or (H, W[, C])
@@ -29,8 +32,9 @@ import numpy as np
 from PIL import Image
 
 from score_sde_jax import controllable_generation as cg
-from score_sde_jax import datasets, logging_utils, sampling, sde_lib
+from score_sde_jax import datasets, logging_utils, prng, sampling, sde_lib, train_lib
 from score_sde_jax.evaluation import files as io
+from score_sde_jax.evaluation import sharding
 from score_sde_jax.evaluation.loops import load_ema_params
 from score_sde_jax.evaluation.steps import as_variables, is_flat, score_fn_builder
 from score_sde_jax.models import utils as mutils
@@ -138,15 +142,31 @@ def load_mask(path: str | Path, data_shape: tuple[int, ...]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- running in batches
-def _in_batches(config, n: int, make: Callable[[int], Callable], arrays: tuple, rng) -> np.ndarray:
-    """Run ``make(batch)(rng_i, *chunks)`` over chunks of at most eval.batch_size rows."""
-    batch = min(n, int(config.eval.batch_size))
-    fn = logging_utils.announce_compile(make(batch), f"sampler (batches of {batch})")
+def _in_batches(config, n: int, make: Callable[[int], Callable], arrays: tuple, rng,
+                params: tuple) -> np.ndarray:
+    """Run ``make(batch)(*params, keys (batch,), *chunks)`` over the device mesh on global
+    batches of at most eval.batch_size rows (a multiple of the device count; the last one
+    padded), with the per-input keys ``fold_in(rng, i)``; params are replicated."""
+    mesh = train_lib.make_mesh()
+    devices = mesh.devices.size
+    batch = min(sharding.check_batch(config.eval.batch_size, mesh), -(-n // devices) * devices)
+    fn = make(batch)
+
+    def run(*args):
+        *weights, key, indices = args[:len(params) + 2]
+        return fn(*weights, prng.example_keys(key, indices), *args[len(params) + 2:])
+
+    jitted = logging_utils.announce_compile(
+        sharding.jit_batch(run, mesh, len(params) + 1, 1 + len(arrays)),
+        f"sampler (batches of {batch})")
+    weights = sharding.replicate(params, mesh)
     out, rounds = [], math.ceil(n / batch)
     progress = logging_utils.Progress(0, rounds, desc="sample", unit="batch")
     for i in range(rounds):
         idx = np.minimum(np.arange(i * batch, (i + 1) * batch), n - 1)  # pad the last chunk
-        out.append(np.asarray(fn(jax.random.fold_in(rng, i), *(a[idx] for a in arrays))))
+        x = jitted(*weights, rng, sharding.global_array(idx, mesh),
+                   *(sharding.global_array(a[idx], mesh) for a in arrays))
+        out.append(sharding.gather(x))
         progress.update(i + 1)
     progress.close()
     return np.concatenate(out)[:n]
@@ -202,10 +222,10 @@ def inpaint(config, workdir: str | Path, image_path: str | Path, mask_path: str 
 
     def make(batch):
         fn = cg.get_pc_inpainter(sde, (batch, *images.shape[1:]), eps=eps, **sampling.pc_settings(config))
-        return jax.jit(lambda r, y, m: fn(r, build(params), scaler(y), m))
+        return lambda p, r, y, m: fn(r, build(p), scaler(y), m)
 
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 3), step)
-    x = _in_batches(config, len(images), make, (images, mask), rng)
+    x = _in_batches(config, len(images), make, (images, mask), rng, (params,))
     if not is_flat(config):
         io.save_image_grid(images * mask, Path(out_dir) / "inpaint_input.png")
     return _write(config, x, out_dir, "inpainted", mask=mask)
@@ -228,10 +248,10 @@ def colorize(config, workdir: str | Path, image_path: str | Path, out_dir: str |
 
     def make(batch):
         fn = cg.get_pc_colorizer(sde, (batch, *images.shape[1:]), eps=eps, **sampling.pc_settings(config))
-        return jax.jit(lambda r, g: fn(r, build(params), scaler(g)))
+        return lambda p, r, g: fn(r, build(p), scaler(g))
 
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 4), step)
-    x = _in_batches(config, len(gray), make, (gray,), rng)
+    x = _in_batches(config, len(gray), make, (gray,), rng, (params,))
     io.save_image_grid(gray, Path(out_dir) / "colorize_input.png")
     return _write(config, x, out_dir, "colorized")
 
@@ -298,16 +318,15 @@ def sample_class(config, workdir: str | Path, classifier_workdir: str | Path, la
             fn = cg.get_pc_conditional_sampler(sde, (batch, *shape), eps=eps,
                                                **sampling.pc_settings(config))
 
-        def run(r, p, cp, labels):
+        def run(p, cp, r, labels):
             logp = classifier_logp_fn(classifier, as_variables(cp), clf_sde)
             return fn(r, build(p), logp, labels, scale)[0]
 
-        jitted = jax.jit(run)
-        return lambda r, labels: jitted(r, params, clf_params, labels)
+        return run
 
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 5), step)
     labels = np.full((n,), int(label), np.int32)
-    x = _in_batches(config, n, make, (labels,), rng)
+    x = _in_batches(config, n, make, (labels,), rng, (params, clf_params))
     return _write(config, x, out_dir, f"class_{int(label)}_samples",
                   labels=labels, scale=np.float32(scale))
 

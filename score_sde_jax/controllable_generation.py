@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import sampling, sde_lib
+from score_sde_jax import prng, sampling, sde_lib
 from score_sde_jax.sde_lib import batch_mul
 
 Array = jax.Array
@@ -95,7 +95,7 @@ def replacement_projection(
 
     def project(rng, x, x_mean, t):
         mean, std = sde.marginal_prob(y_dec, t)
-        noisy = mean + batch_mul(std, jax.random.normal(rng, y_dec.shape, y_dec.dtype))
+        noisy = mean + batch_mul(std, prng.normal(rng, y_dec.shape, y_dec.dtype))
         return (_replace(x, noisy, mask, to_dec, from_dec),
                 _replace(x_mean, mean, mask, to_dec, from_dec))
 
@@ -170,7 +170,7 @@ def _pc_replacement_sampler(sde, shape, predictor, corrector, snr, n_steps, prob
             c = _unknown_part_langevin(snr, n_steps, lambda a: _replace(a, zeros, mask, to_dec, from_dec))
         if hold_known and n_steps > 1:
             c = _holding_known(c, mask, to_dec, from_dec)
-        rng, prior_rng, init_rng = jax.random.split(rng, 3)
+        rng, prior_rng, init_rng = prng.split(rng, 3)
         x = sde.prior_sampling(prior_rng, shape).astype(y_dec.dtype)
         x, _ = project(init_rng, x, x, jnp.full((shape[0],), sde.T))
         x, x_mean = sampling.pc_loop(rng, x, score_fn, sde, pred, c, eps, project)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import sde_lib
+from score_sde_jax import prng, sde_lib
 from score_sde_jax.sde_lib import batch_mul
 
 Array = jax.Array
@@ -172,7 +172,7 @@ def get_heun_sampler(
                 return x, sigma
             sigma_hat = sigma * (1 + g)
             # √(σ̂² − σ²) = σ √(γ (2 + γ)): exactly 0 for γ = 0 (σ̂² − σ² may round below 0)
-            noise = sigma * jnp.sqrt(g * (2 + g)) * s_noise * jax.random.normal(key, x.shape)
+            noise = sigma * jnp.sqrt(g * (2 + g)) * s_noise * prng.normal(key, x.shape)
             return x + noise, sigma_hat
 
         def denoised_slope(x, sigma):  # (x̃ − D(x̃; σ̃)) / σ̃
@@ -185,7 +185,7 @@ def get_heun_sampler(
             x_euler = x + (sigma_next - sigma_hat) * d
             return x + (sigma_next - sigma_hat) * 0.5 * (d + denoised_slope(x_euler, sigma_next)), None
 
-        keys = jax.random.split(jax.random.fold_in(rng, 1), num_steps)
+        keys = prng.split(prng.fold_in(rng, 1), num_steps)
         x, _ = jax.lax.scan(step, x, (sig[:-1], sig[1:], gamma[:-1], keys[:-1]))
         x, sigma_hat = churn(x, sig[-1], gamma[-1], keys[-1])
         return x0_fn(schedule.mean_coeff(sigma_hat) * x, sigma_hat), 2 * num_steps - 1

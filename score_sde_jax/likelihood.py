@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import sampling, sde_lib
+from score_sde_jax import prng, sampling, sde_lib
 from score_sde_jax.sampling import solve_ode
 from score_sde_jax.sde_lib import check_score_fn
 
@@ -55,9 +55,9 @@ def get_likelihood_fn(
         score_fn = check_score_fn(score_fn)
         rsde = sde.reverse(score_fn, probability_flow=True)
         if hutchinson_type == "gaussian":
-            probes = jax.random.normal(rng, x.shape)
+            probes = prng.normal(rng, x.shape)
         else:
-            probes = jax.random.rademacher(rng, x.shape).astype(x.dtype)
+            probes = prng.rademacher(rng, x.shape, x.dtype)
 
         def drift(xi: Array, t: Array) -> Array:  # one sample, shape D
             return rsde.sde(xi[None], jnp.reshape(t, (1,)))[0][0]

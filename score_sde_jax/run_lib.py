@@ -367,6 +367,7 @@ def evaluate(config, workdir: str, eval_folder: str = "eval"):
     return loops.evaluate(config, workdir, eval_folder)
 
 
-def sample(config, workdir: str, num_samples: int, out_dir: str, step: int | None = None):
+def sample(config, workdir: str, num_samples: int | None, out_dir: str, step: int | None = None,
+           seeds: list[int] | None = None):
     """``main.py --mode sample``: see :func:`score_sde_jax.evaluation.loops.sample`."""
-    return loops.sample(config, workdir, num_samples, out_dir, step=step)
+    return loops.sample(config, workdir, num_samples, out_dir, step=step, seeds=seeds)

@@ -21,7 +21,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import fast_sampling, sde_lib, step_control
+from score_sde_jax import fast_sampling, prng, sde_lib, step_control
 from score_sde_jax.interpolation import INTERPOLATIONS, lerp, slerp  # noqa: F401 (the encoder's API)
 from score_sde_jax.sde_lib import batch_mul, step_index
 
@@ -37,14 +37,14 @@ def euler_maruyama(rng, x, t, score_fn, sde, rsde):
     dt = -sde.T / sde.N
     drift, diffusion = rsde.sde(x, t)
     x_mean = x + drift * dt
-    return x_mean + batch_mul(diffusion * jnp.sqrt(-dt), jax.random.normal(rng, x.shape)), x_mean
+    return x_mean + batch_mul(diffusion * jnp.sqrt(-dt), prng.normal(rng, x.shape)), x_mean
 
 
 def reverse_diffusion(rng, x, t, score_fn, sde, rsde):
     """x_mean = x − f̄_i; x = x_mean + Ḡ_i z (the discretized reverse SDE)."""
     f, G = rsde.discretize(x, t)
     x_mean = x - f
-    return x_mean + batch_mul(G, jax.random.normal(rng, x.shape)), x_mean
+    return x_mean + batch_mul(G, prng.normal(rng, x.shape)), x_mean
 
 
 def ancestral_sampling(rng, x, t, score_fn, sde, rsde):
@@ -55,7 +55,7 @@ def ancestral_sampling(rng, x, t, score_fn, sde, rsde):
     sub-VP (no discrete chain): the Gaussian posterior q(x_s | x_t, x̂₀) of the forward kernel
     between t and s = t − T/N, with Tweedie's x̂₀ = (x + std_t² s) / m_t.
     """
-    z = jax.random.normal(rng, x.shape)
+    z = prng.normal(rng, x.shape)
     score = score_fn(x, t)
     if isinstance(sde, sde_lib.subVPSDE):
         s = jnp.maximum(t - sde.T / sde.N, 0.0)
@@ -109,9 +109,9 @@ def langevin_steps(rng: Array, x: Array, t: Array, score_fn: ScoreFn, n_steps: i
 
     def body(_, carry):
         rng, x, _ = carry
-        rng, step_rng = jax.random.split(rng)
+        rng, step_rng = prng.split(rng)
         grad = score_fn(x, t)
-        z = jax.random.normal(step_rng, x.shape)
+        z = prng.normal(step_rng, x.shape)
         eps = step_size_fn(grad, z)
         x_mean = x + batch_mul(eps, grad)
         return rng, x_mean + batch_mul(jnp.sqrt(2.0 * eps), z), x_mean
@@ -182,7 +182,7 @@ def pc_loop(
 
     def step(carry, t):
         rng, x, _ = carry
-        rng, rc, rpc, rp, rpp = jax.random.split(rng, 5)
+        rng, rc, rpc, rp, rpp = prng.split(rng, 5)
         vec_t = jnp.full((x.shape[0],), t)
         x, x_mean = corrector(rc, x, vec_t, score_fn, sde, rsde)
         x, x_mean = project(rpc, x, x_mean, vec_t)
@@ -215,7 +215,7 @@ def get_pc_sampler(
     nfe = sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
 
     def sampler(rng: Array, score_fn: ScoreFn) -> tuple[Array, int]:
-        rng, prior_rng = jax.random.split(rng)
+        rng, prior_rng = prng.split(rng)
         x = sde.prior_sampling(prior_rng, shape)
         x, x_mean = pc_loop(rng, x, score_fn, sde, pred, corr, eps)
         return (x_mean if denoise else x), nfe

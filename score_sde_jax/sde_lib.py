@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde_jax import prng
+
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
@@ -132,7 +134,7 @@ class VESDE(SDE):
         return x, self.sigma(t)
 
     def prior_sampling(self, rng, shape):
-        return jax.random.normal(rng, shape) * self.sigma_max
+        return prng.normal(rng, shape) * self.sigma_max
 
     def prior_logp(self, z):
         return _gaussian_logp(z, self.sigma_max**2)
@@ -177,7 +179,7 @@ class VPSDE(SDE):
         return batch_mul(jnp.exp(lmc), x), jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
     def prior_sampling(self, rng, shape):
-        return jax.random.normal(rng, shape)
+        return prng.normal(rng, shape)
 
     def prior_logp(self, z):
         return _gaussian_logp(z, 1.0)

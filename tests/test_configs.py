@@ -52,7 +52,7 @@ REQUIRED = {
     'eval': ['begin_ckpt', 'end_ckpt', 'batch_size', 'enable_sampling', 'num_samples',
              'enable_loss', 'enable_bpd', 'bpd_dataset', 'bpd_num_repeats', 'inception_path',
              'ref_stats_path', 'hutchinson_type', 'likelihood_rtol', 'likelihood_atol',
-             'likelihood_eps'],
+             'likelihood_eps', 'quantize'],
     'data': ['dataset', 'source', 'centered', 'uniform_dequantization', 'random_flip', 'prefetch'],
     'model': ['name', 'sigma_min', 'sigma_max', 'num_scales', 'beta_min', 'beta_max', 'dropout',
               'ema_rate', 'scale_by_sigma', 'embedding_type'],

@@ -250,7 +250,7 @@ def _image_config():
     config.data.image_size, config.data.num_channels, config.data.centered = 4, 3, True
     config.model.num_scales = 20
     config.model.nf = 16
-    config.eval.batch_size = 3
+    config.eval.batch_size = 8  # one sharded batch over the 8 test devices (5 images padded)
     return config
 
 
@@ -306,7 +306,7 @@ def _with(config, **data):
     return config
 
 
-def test_cli_inpaints_flat_points(tmp_path):
+def test_cli_inpaints_flat_points(tmp_path, monkeypatch):
     from configs.toy_gmm import get_config
     from score_sde_jax import controllable_cli as cli
 
@@ -318,6 +318,11 @@ def test_cli_inpaints_flat_points(tmp_path):
     out = cli.inpaint(config, workdir, tmp_path / "pts.npz", tmp_path / "m.npy", tmp_path / "o")
     x = np.load(out["npz"])["samples"]
     np.testing.assert_array_equal(x[:, 0], [1.0, -1.0])
+    # the same inpainting on one device: the work is sharded, the samples are the same
+    real_mesh = cli.train_lib.make_mesh
+    monkeypatch.setattr(cli.train_lib, "make_mesh", lambda devices=None: real_mesh(jax.devices()[:1]))
+    one = cli.inpaint(config, workdir, tmp_path / "pts.npz", tmp_path / "m.npy", tmp_path / "o1")
+    np.testing.assert_allclose(np.load(one["npz"])["samples"], x, atol=1e-5)
     np.save(tmp_path / "m3.npy", np.array([1.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match=r"m3.npy: shape \(1, 3\) does not match the data \(2, 2\)"):
         cli.inpaint(config, workdir, tmp_path / "pts.npz", tmp_path / "m3.npy", tmp_path / "o")
@@ -330,7 +335,7 @@ def test_cli_sample_class(tmp_path):
 
     config = get_config()
     config.model.num_scales = 20
-    config.eval.batch_size = 6
+    config.eval.batch_size = 8
     workdir = _workdir(tmp_path, config, "gmm")
     clf_workdir = _workdir(tmp_path, toy_gmm_classifier.get_config(), "clf")
     out = cli.sample_class(config, workdir, clf_workdir, 2, 1.5, tmp_path / "o", num_samples=8)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +32,13 @@ from score_sde_jax import (  # noqa: E402
     checkpoints,
     datasets,
     evaluation,
+    prng,
     sde_lib,
     train_lib,
 )
 from score_sde_jax.evaluation import files as eval_io  # noqa: E402
 from score_sde_jax.evaluation import loops as eval_lib  # noqa: E402
+from score_sde_jax.evaluation import rounds, sharding  # noqa: E402
 from score_sde_jax.evaluation import steps as eval_steps  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
@@ -73,7 +76,7 @@ def make_config(tmp: Path):
     d.prefetch = 0
     ev = config.eval
     ev.begin_ckpt, ev.end_ckpt = 1, 2
-    ev.batch_size, ev.num_samples = 4, 8
+    ev.batch_size, ev.num_samples = 8, 12  # two rounds on 8 devices
     ev.enable_loss = ev.enable_bpd = ev.enable_sampling = True
     ev.bpd_dataset, ev.bpd_num_repeats = "test", 2
     ev.inception_path = str(tmp / "inception.npz")
@@ -108,6 +111,16 @@ def exact_bpd(x01: np.ndarray, s: float) -> np.ndarray:
     sd = s / 2
     logp = -0.5 * np.sum((x - 0.5) ** 2, 1) / sd**2 - 0.5 * x.shape[1] * np.log(2 * np.pi * sd**2)
     return -logp / (x.shape[1] * np.log(2)) + 8.0
+
+
+def dequantized(config, step: int, repeat: int) -> np.ndarray:
+    """The test images as repeat ``repeat`` of checkpoint step ``step`` dequantizes them:
+    (255 y + u) / 256 with u from the key of each image's position in the split."""
+    y = np.concatenate([b["image"] for b in datasets.get_dataset(
+        config, "test", evaluation=True, drop_remainder=False, uniform_dequantization=False)])
+    key = jax.random.fold_in(eval_lib.sample_key(config, step, eval_lib.BPD_STREAM), repeat)
+    keys = prng.split(prng.example_keys(key, np.arange(len(y))))[0]
+    return np.asarray((255.0 * y + prng.uniform(keys, y.shape)) / 256.0)
 
 
 def mtimes(folder: Path) -> dict[str, int]:
@@ -145,11 +158,7 @@ def test_bits_per_dim_equal_the_exact_model_density(evaluated, workdir):
     eval_dir = workdir / "run" / "eval"
     for k, step in ((1, 5), (2, 10)):
         saved = eval_io.load_npz(eval_dir / f"test_ckpt_{k}_bpd.npz")
-        # repeat r dequantizes with seed config.seed + 1 + r: rebuild the same data here
-        data = np.concatenate([
-            b["image"] for r in range(2)
-            for b in datasets.get_dataset(config, "test", evaluation=True, drop_remainder=False,
-                                          uniform_dequantization=True, seed=config.seed + 1 + r)])
+        data = np.concatenate([dequantized(config, step, r) for r in range(2)])
         assert data.shape == (2 * NUM_IMAGES, SIZE, SIZE, 1)
         np.testing.assert_allclose(saved["bpd"], exact_bpd(data, S_EMA[step]), atol=2e-3)
         assert results[k]["bpd"] == pytest.approx(exact_bpd(data, S_EMA[step]).mean(), abs=1e-3)
@@ -164,15 +173,17 @@ def test_sample_rounds_statistics_and_report(evaluated, workdir):
     config, results = evaluated
     eval_dir = workdir / "run" / "eval"
     folder = eval_dir / "ckpt_1_host_0"
-    samples = [eval_io.load_npz(folder / f"samples_{r}.npz")["samples"] for r in range(2)]
-    assert all(s.shape == (4, SIZE, SIZE, 1) and s.dtype == np.uint8 for s in samples)
-    assert not np.array_equal(samples[0], samples[1])  # each round has its own key
-    stats = [evaluation.load_statistics(folder / f"statistics_{r}.npz") for r in range(2)]
-    assert [s["pool"].shape for s in stats] == [(4, 2048)] * 2
+    files = [eval_io.load_npz(folder / f"samples_{r}.npz") for r in range(2)]
+    samples = [f["samples"] for f in files]
+    assert all(s.shape == (8, SIZE, SIZE, 1) and s.dtype == np.uint8 for s in samples)
+    assert [f["indices"].tolist() for f in files] == [list(range(8)), list(range(8, 16))]
+    assert not np.array_equal(samples[0], samples[1])  # each sample has its own key
+    stats = [eval_io.load_npz(eval_dir / "ckpt_1" / f"round_{r}.npz") for r in range(2)]
+    assert [s["pool"].shape for s in stats] == [(8, 2048)] * 2
     ref = evaluation.load_statistics(eval_dir / f"npz_{SIZE}_ref_stats.npz")
     assert ref["pool"].shape == (NUM_IMAGES, 2048) and ref["logits"].shape == (NUM_IMAGES, 1008)
-    pool = np.concatenate([s["pool"] for s in stats])
-    logits = np.concatenate([s["logits"] for s in stats])
+    pool = np.concatenate([s["pool"] for s in stats])[:12]
+    logits = np.concatenate([s["logits"] for s in stats])[:12]
     expected = {"fid": fid_low_rank(pool, ref["pool"]),
                 "kid": evaluation.kid(pool, ref["pool"]),
                 "inception_score": evaluation.inception_score(logits, splits=1)}
@@ -181,6 +192,13 @@ def test_sample_rounds_statistics_and_report(evaluated, workdir):
         assert float(report[name]) == pytest.approx(expected[name], rel=1e-4)
         assert results[1][name] == pytest.approx(expected[name], rel=1e-4)
     assert expected["fid"] > 0 and expected["inception_score"] >= 1.0
+    # the protocol: sample count, reference statistics and Inception weights
+    assert int(report["num_samples"]) == 12 and int(report["ref_num_samples"]) == NUM_IMAGES
+    assert str(report["ref_stats_path"]) == str(eval_dir / f"npz_{SIZE}_ref_stats.npz")
+    assert str(report["inception_sha256"]) == eval_io.sha256(config.eval.inception_path)
+    record = [r for r in eval_io.read_jsonl(eval_dir / eval_lib.RESULTS_FILE) if r["kind"] == "samples"]
+    assert record[0]["inception_sha256"] == str(report["inception_sha256"])
+    assert record[0]["quantize"] == "truncate" and record[0]["num_samples"] == 12
 
 
 def test_eval_loss_is_the_training_objective_of_the_ema_weights(evaluated, workdir):
@@ -188,13 +206,13 @@ def test_eval_loss_is_the_training_objective_of_the_ema_weights(evaluated, workd
     sde, _ = sde_lib.get_sde(config)
     loss_fn = train_lib.get_step_loss(config, sde, mutils.get_model(config), train=False)
     params = {"log_s": jnp.asarray(math.log(S_EMA[5]), jnp.float32)}
-    rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), 5),
-                             eval_lib.LOSS_STREAM)
+    rng = eval_lib.sample_key(config, 5, eval_lib.LOSS_STREAM)
     scaler = datasets.get_data_scaler(config)
     ds = datasets.get_dataset(config, "test", evaluation=True, drop_remainder=False)
-    losses = [float(loss_fn(params, jax.random.fold_in(rng, i),
-                            {"image": scaler(b["image"]), "label": b["label"]})[0])
-              for i, b in enumerate(ds)]
+    examples = [(x, y) for b in ds for x, y in zip(scaler(b["image"]), b["label"], strict=True)]
+    assert len(examples) == NUM_IMAGES
+    losses = [float(loss_fn(params, jax.random.fold_in(rng, i), {"image": x[None], "label": y[None]})[0])
+              for i, (x, y) in enumerate(examples)]  # each example with its own key
     assert results[1]["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     saved = eval_io.load_npz(workdir / "run" / "eval" / "ckpt_1_loss.npz")
     assert float(saved["mean_loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
@@ -206,14 +224,14 @@ def test_restart_skips_finished_work_and_redoes_only_missing_rounds(evaluated, w
     run, eval_dir = workdir / "run", workdir / "run" / "eval"
     before = mtimes(eval_dir)
     calls = {"sample": 0, "inception": 0}
-    make_sampler, stats_fn = eval_lib.get_sample_fn, evaluation.compute_statistics
+    make_sampler, stats_fn = eval_lib.get_sample_fn, rounds.inception_features
 
     def counting_sampler(*args, **kwargs):
         fn = make_sampler(*args, **kwargs)
 
-        def counted(params, rng):
+        def counted(params, rng, indices):
             calls["sample"] += 1
-            return fn(params, rng)
+            return fn(params, rng, indices)
         return counted
 
     def counting_stats(*args, **kwargs):
@@ -226,25 +244,92 @@ def test_restart_skips_finished_work_and_redoes_only_missing_rounds(evaluated, w
                 "kid": evaluation.kid(stats["pool"], ref["pool"])}
 
     monkeypatch.setattr(eval_lib, "get_sample_fn", counting_sampler)
-    monkeypatch.setattr(evaluation, "compute_statistics", counting_stats)
+    monkeypatch.setattr(rounds, "inception_features", counting_stats)
     monkeypatch.setattr(evaluation, "metrics_from_statistics", cheap_metrics)
     assert eval_lib.evaluate(config, run) == {1: results[1]}
     assert mtimes(eval_dir) == before and calls == {"sample": 0, "inception": 0}
 
-    # an evaluation killed after round 0's samples and round 1's samples, before statistics
+    # an evaluation killed during round 1 (its samples written, its features not)
     folder = eval_dir / "ckpt_1_host_0"
-    samples_1 = (folder / "samples_1.npz").stat().st_mtime_ns
-    samples_0 = eval_io.load_npz(folder / "samples_0.npz")["samples"]
-    for name in ("statistics_1.npz", "statistics_0.npz", "samples_0.npz"):
-        (folder / name).unlink()
+    samples_0 = (folder / "samples_0.npz").stat().st_mtime_ns
+    samples_1 = eval_io.load_npz(folder / "samples_1.npz")["samples"]
+    (eval_dir / "ckpt_1" / "round_1.npz").unlink()
     (eval_dir / "report_1.npz").unlink()
     again = eval_lib.evaluate(config, run)
-    assert calls == {"sample": 1, "inception": 2}  # round 0 resampled; both rounds' statistics
-    assert (folder / "samples_1.npz").stat().st_mtime_ns == samples_1
+    assert calls == {"sample": 1, "inception": 1}  # only round 1 redone
+    assert (folder / "samples_0.npz").stat().st_mtime_ns == samples_0
     # round keys depend only on (checkpoint, round): the redone round has the same samples
-    np.testing.assert_array_equal(eval_io.load_npz(folder / "samples_0.npz")["samples"], samples_0)
+    np.testing.assert_array_equal(eval_io.load_npz(folder / "samples_1.npz")["samples"], samples_1)
     for name in ("fid", "kid", "inception_score"):
         assert again[1][name] == pytest.approx(results[1][name], rel=1e-4)
+
+
+def test_eight_devices_give_the_samples_bits_per_dim_and_report_of_one(evaluated, workdir):
+    config, results = evaluated
+    one = train_lib.make_mesh(jax.devices()[:1])
+    sde, eps = sde_lib.get_sde(config)
+    build = eval_steps.score_fn_builder(config, sde)
+    params = {"log_s": jnp.asarray(math.log(S_EMA[5]), jnp.float32)}
+    out = {}
+    for name, mesh in (("eight", train_lib.make_mesh()), ("one", one)):
+        fn = eval_steps.get_sample_fn(config, sde, build, 8, eps, mesh)
+        out[name], _ = fn(sharding.replicate(params, mesh), eval_lib.sample_key(config, 5),
+                          sharding.global_array(np.arange(8, 16), mesh))
+    assert len(out["eight"].sharding.device_set) == 8 == jax.device_count()
+    assert out["eight"].sharding.spec == PartitionSpec("data")
+    assert float(np.max(np.abs(np.asarray(out["eight"]) - np.asarray(out["one"])))) <= 1e-5
+
+    eval_dir = workdir / "run" / "eval"
+    config = make_config(workdir)
+    config.eval.end_ckpt = 1
+    config.eval.ref_stats_path = str(eval_dir / f"npz_{SIZE}_ref_stats.npz")
+    single = eval_lib.evaluate(config, workdir / "run", "eval_one_device", mesh=one)
+    assert single[1].keys() == results[1].keys()
+    for name, value in results[1].items():
+        assert single[1][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    other = workdir / "run" / "eval_one_device"
+    np.testing.assert_allclose(eval_io.load_npz(other / "test_ckpt_1_bpd.npz")["bpd"],
+                               eval_io.load_npz(eval_dir / "test_ckpt_1_bpd.npz")["bpd"], atol=1e-5)
+    for r in range(2):  # uint8 samples: at most one level apart where 255 x sits on a boundary
+        a, b = (eval_io.load_npz(d / "ckpt_1_host_0" / f"samples_{r}.npz")["samples"]
+                for d in (eval_dir, other))
+        assert np.max(np.abs(a.astype(int) - b)) <= 1 and np.mean(a != b) < 0.01
+
+
+def test_seeds_regenerate_the_samples_of_the_full_run(evaluated, workdir, tmp_path):
+    config, _ = evaluated
+    full = eval_io.load_npz(eval_lib.sample(config, workdir / "run", 12, tmp_path, step=5)["npz"])
+    paths = eval_lib.sample(config, workdir / "run", None, tmp_path, step=5, seeds=[9, 3])
+    assert paths["npz"].name == "samples_pc_step_5_seeds_9_3.npz"
+    again = eval_io.load_npz(paths["npz"])
+    assert again["seeds"].tolist() == [9, 3]
+    assert np.max(np.abs(again["samples_float"] - full["samples_float"][[9, 3]])) <= 1e-5
+    # and they are the evaluation's samples 9 and 3 (checkpoint 1 = step 5)
+    evaluated_samples = eval_io.load_npz(workdir / "run" / "eval" / "ckpt_1_host_0" / "samples_1.npz")
+    assert evaluated_samples["indices"][1] == 9
+    assert np.max(np.abs(evaluated_samples["samples"][1].astype(int) - again["samples"][0])) <= 1
+    assert eval_lib.parse_seeds("0-3,9") == [0, 1, 2, 3, 9] and eval_lib.parse_seeds("5") == [5]
+    with pytest.raises(ValueError, match="--seeds='a-b'"):
+        eval_lib.parse_seeds("a-b")
+
+
+def test_eval_batch_size_must_divide_over_the_devices(workdir):
+    config = make_config(workdir)
+    config.eval.batch_size = 12
+    with pytest.raises(ValueError, match=r"config.eval.batch_size=12 must be a multiple of the "
+                                         r"number of devices \(8\)"):
+        eval_lib.evaluate(config, workdir / "run", "bad_batch")
+
+
+def test_quantize_truncates_like_the_official_code_or_rounds_like_edm(workdir):
+    config = make_config(workdir)
+    x = datasets.get_data_scaler(config)(np.array([0.0, 0.2, 0.7, 254.6, 300.0], np.float32) / 255)
+    assert np.asarray(eval_steps.quantize_fn(config)(x)).tolist() == [0, 0, 0, 254, 255]
+    config.eval.quantize = "round"
+    assert np.asarray(eval_steps.quantize_fn(config)(x)).tolist() == [0, 0, 1, 255, 255]
+    config.eval.quantize = "nearest"
+    with pytest.raises(ValueError, match="config.eval.quantize='nearest'"):
+        eval_steps.quantize_fn(config)
 
 
 def test_missing_inception_weights_fail_first_and_say_where_to_get_them(workdir, tmp_path):
@@ -290,7 +375,7 @@ def test_sample_writes_grid_and_npz_with_the_model_spread(workdir, tmp_path):
 def test_toy_data_sample_scatter_and_sample_report(tmp_path):
     config = tiny_toy_config(**{"data.dataset": "GMM"})
     config.model.num_scales = 100
-    config.eval.batch_size, config.eval.num_samples = 100, 200
+    config.eval.batch_size, config.eval.num_samples = 104, 200
     config.eval.enable_loss = config.eval.enable_bpd = False
     config.eval.begin_ckpt = config.eval.end_ckpt = 1
     config.data.toy_eval_size = 200
@@ -306,7 +391,7 @@ def test_toy_data_sample_scatter_and_sample_report(tmp_path):
 
     results = eval_lib.evaluate(config, tmp_path)
     samples = np.concatenate([eval_io.load_npz(tmp_path / "eval" / "ckpt_1_host_0" /
-                                               f"samples_{r}.npz")["samples"] for r in range(2)])
+                                               f"samples_{r}.npz")["samples"] for r in range(2)])[:200]
     from score_sde_jax.data import toy
 
     mixture = toy.gaussian_mixture_from_config(config.data)

@@ -78,6 +78,14 @@ def test_train_then_sample_then_a_mismatched_config(tmp_path):
                                   f"{int(f['nfe'][0])} NFE per batch\n")
     samples = np.load(npz)["samples"]
     assert samples.shape == (16, 2) and np.isfinite(samples).all()
+    # --seeds regenerates samples of that run by number
+    again = subprocess.run(
+        [*main_cmd(tmp_path, mode="sample", **{"model.num_scales": 50}), "--seeds=3,9-10",
+         f"--sample_dir={sample_dir}"], cwd=ROOT, env=subprocess_env(XLA_FLAGS=""),
+        capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with np.load(sample_dir / "samples_pc_step_10_seeds_3_9_10.npz") as f:
+        np.testing.assert_allclose(f["samples"], samples[[3, 9, 10]], rtol=1e-5, atol=1e-5)
     # A few-step sampler and its step count from the command line.
     fast = subprocess.run(
         [*main_cmd(tmp_path, mode="sample", **{"sampling.method": "dpm_solver", "sampling.num_steps": 6,

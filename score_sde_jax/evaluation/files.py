@@ -4,6 +4,7 @@ and JSON-lines records. Plain NumPy / PIL; nothing here knows about models or SD
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -161,6 +162,15 @@ def savez_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
         np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     os.replace(tmp, path)
     return path
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (which weights / statistics an evaluation used)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

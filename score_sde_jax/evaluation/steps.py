@@ -1,8 +1,15 @@
 """Jit-compiled evaluation steps built from a config: the network's score function from its
-parameters, a sampler, bits/dim of 8-bit data, and the evaluation loss.
+parameters, a sampler, bits/dim of 8-bit data, the evaluation loss and the Inception features.
 
-Every step takes the network parameters as its first *argument* (they are never closed over as
-constants), so one compilation serves every checkpoint.
+Every step is jitted over a 1-D ``data`` mesh (:mod:`score_sde_jax.evaluation.sharding`): the
+network parameters are its first, replicated *argument* (never closed over as constants, so one
+compilation serves every checkpoint), the batch is sharded over every device of every process.
+Random draws come from one key per example, ``fold_in(rng, i)`` with ``i`` the example's global
+index (``indices``, sharded with the batch): example i's result depends on (rng, i) alone, not on
+the device count, the process count or its position in the batch. Two exceptions are coupled
+over the batch (hence depend on the batch, never on the devices): the Langevin corrector's step
+size (a mean over the global batch, as in the official code) and the adaptive ODE solvers' step
+size (one ODE state for the batch).
 """
 
 from __future__ import annotations
@@ -11,8 +18,12 @@ import math
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from score_sde_jax import datasets, likelihood, sampling, sde_lib, train_lib
+from score_sde_jax import datasets, likelihood, prng, sampling, sde_lib, train_lib
+from score_sde_jax.evaluation import inception as inception_lib
+from score_sde_jax.evaluation.sharding import jit_batch
 from score_sde_jax.models import utils as mutils
 
 Array = jax.Array
@@ -42,12 +53,49 @@ def score_fn_builder(config, sde: sde_lib.SDE) -> Callable[[Mapping], ScoreFn]:
 
 
 def get_sample_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], batch_size: int,
-                  eps: float) -> Callable[[Mapping, Array], tuple[Array, Array]]:
-    """Jitted ``sample(params, rng) -> (x (batch_size, *data_shape) in model space, nfe)`` with
-    the sampler of ``config.sampling`` (:func:`sampling.get_sampling_fn`)."""
+                  eps: float, mesh: Mesh) -> Callable[[Mapping, Array, Array], tuple[Array, Array]]:
+    """Jitted ``sample(params, rng, indices (B,)) -> (x (B, *data_shape) in model space, nfe)``
+    with the sampler of ``config.sampling`` (:func:`sampling.get_sampling_fn`), sample b drawn
+    from the key ``fold_in(rng, indices[b])``; x is sharded over ``mesh``, nfe replicated."""
     shape = (int(batch_size), *mutils.data_shape(config))
     sampler = sampling.get_sampling_fn(config, sde, shape, eps)
-    return jax.jit(lambda params, rng: sampler(rng, build(params)))
+
+    def draw(params, rng, indices):
+        return sampler(prng.example_keys(rng, indices), build(params))
+
+    return jit_batch(draw, mesh, 2, 1, out=(train_lib.data_sharding(mesh), train_lib.replicated(mesh)))
+
+
+def batch_coupled(config) -> bool:
+    """True when a sample of ``config.sampling`` depends on the rest of its batch: the PC
+    sampler with the Langevin corrector (step size from batch means) and the adaptive ODE
+    solvers (one step size for the batch)."""
+    s = config.sampling
+    method = str(s.method).lower()
+    return ((method == "pc" and s.get("corrector", "langevin") == "langevin") or method == "ode"
+            or (method == "dpm_solver" and bool(s.get("adaptive", False))))
+
+
+QUANTIZE = ("truncate", "round")
+
+
+def quantize_fn(config) -> Callable[[Array], Array]:
+    """Model-space images -> uint8 as ``config.eval.quantize`` says: 'truncate' (official,
+    default): clip(255 x, 0, 255) rounded down; 'round' (EDM): clip(255 x + ½, 0, 255) rounded
+    down, x = the inverse data scaler's output in [0, 1]."""
+    how = str(config.eval.get("quantize", "truncate")).lower()
+    if how not in QUANTIZE:
+        raise ValueError(f"config.eval.quantize={how!r} must be one of {QUANTIZE}")
+    inverse = datasets.get_data_inverse_scaler(config)
+    shift = 0.5 if how == "round" else 0.0
+    return lambda x: jnp.clip(inverse(x) * 255.0 + shift, 0.0, 255.0).astype(jnp.uint8)
+
+
+def get_inception_fn(inception: Mapping, mesh: Mesh) -> Callable[[Mapping, Array], dict]:
+    """Jitted ``features(inception_variables, images (B, H, W, C) uint8) -> {'pool': (B, 2048),
+    'logits': (B, K)}`` over ``mesh`` (the FID Inception network)."""
+    net = inception_lib.FIDInceptionV3(num_classes=inception_lib.num_classes_of(inception))
+    return jit_batch(lambda variables, images: net.apply(variables, images), mesh, 1, 1)
 
 
 def bpd_offset(config) -> float:
@@ -68,15 +116,18 @@ def bpd_offset(config) -> float:
     return -log2_scale if is_flat(config) else 8.0 - log2_scale
 
 
-def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn]
-               ) -> Callable[[Mapping, Array, Array], tuple[Array, Array]]:
-    """Jitted ``bpd(params, rng, data) -> (bits/dim (B,), nfe (B,))`` of data in [0, 1]
-    (dequantized images (B, H, W, C), or flat points (B, D) in data coordinates).
+def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], mesh: Mesh
+               ) -> Callable[[Mapping, Array, Array, Array], tuple[Array, Array]]:
+    """Jitted ``bpd(params, rng, indices (B,), data) -> (bits/dim (B,), nfe (B,))`` over ``mesh``
+    of data in [0, 1] (8-bit images k / 255 (B, H, W, C), or flat points (B, D) in data
+    coordinates).
 
-    The data are mapped by the data scaler, their log-density is the PF-ODE likelihood
-    (:func:`likelihood.get_likelihood_fn` with ``config.eval.hutchinson_type``,
-    ``likelihood_rtol`` / ``likelihood_atol``, ``likelihood_eps``), and bits/dim adds
-    :func:`bpd_offset`.
+    Example b's key ``fold_in(rng, indices[b])`` draws its uniform dequantization noise
+    (images: x = (255 y + u) / 256, u ~ U[0, 1)ᴰ, as the official bits/dim pass) and its
+    Hutchinson probe. The data are mapped by the data scaler, their log-density is the PF-ODE
+    likelihood (:func:`likelihood.get_likelihood_fn` with ``config.eval.hutchinson_type``,
+    ``likelihood_rtol`` / ``likelihood_atol``, ``likelihood_eps``), one ODE per example, and
+    bits/dim adds :func:`bpd_offset`.
     """
     ev = config.eval
     lik = likelihood.get_likelihood_fn(
@@ -85,19 +136,30 @@ def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn]
         eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", sampling.DEFAULT_SOLVER))
     scaler = datasets.get_data_scaler(config)
     dim = math.prod(mutils.data_shape(config))
-    offset = bpd_offset(config)
+    offset, flat = bpd_offset(config), is_flat(config)
 
-    @jax.jit
-    def bpd(params: Mapping, rng: Array, data: Array) -> tuple[Array, Array]:
-        logp, _, nfe = lik(rng, build(params), scaler(data))
+    def bpd(params: Mapping, rng: Array, indices: Array, data: Array) -> tuple[Array, Array]:
+        dequantize, probe = prng.split(prng.example_keys(rng, indices))
+        if not flat:
+            data = (255.0 * data + prng.uniform(dequantize, data.shape, data.dtype)) / 256.0
+        logp, _, nfe = lik(probe, build(params), scaler(data))
         return likelihood.bits_per_dim(logp, dim, offset), nfe
 
-    return bpd
+    return jit_batch(bpd, mesh, 2, 2)
 
 
-def get_eval_loss_fn(config, sde: sde_lib.SDE) -> Callable[[Mapping, Array, Mapping], Array]:
-    """Jitted ``loss(params, rng, batch) -> scalar``: the training objective of ``config``
-    (``train_lib.get_step_loss`` with ``train=False``: no dropout) on a batch whose 'image' is
-    already scaled by the data scaler."""
+def get_eval_loss_fn(config, sde: sde_lib.SDE, mesh: Mesh
+                     ) -> Callable[[Mapping, Array, Array, Array, Array], Array]:
+    """Jitted ``loss(params, rng, indices (B,), images, labels) -> (B,)`` over ``mesh``: each
+    example's training objective (``train_lib.get_step_loss`` with ``train=False``: no dropout)
+    with its own key ``fold_in(rng, indices[b])``; images already scaled by the data scaler.
+    The mean over examples is the batch loss of the objective."""
     loss = train_lib.get_step_loss(config, sde, mutils.get_model(config), train=False)
-    return jax.jit(lambda params, rng, batch: loss(params, rng, batch)[0])
+
+    def per_example(params, rng, indices, images, labels):
+        def one(key, image, label):
+            return loss(params, key, {"image": image[None], "label": label[None]})[0]
+
+        return jax.vmap(one)(prng.example_keys(rng, indices), images, labels)
+
+    return jit_batch(per_example, mesh, 2, 3)

@@ -1,0 +1,66 @@
+"""Random draws from one key for the whole batch, or from one key per example.
+
+Every sampler, the likelihood's Hutchinson probes and the evaluation steps draw their noise
+through these functions. ``rng`` is either one key (raw ``(2,) uint32`` or a typed key ``()``),
+which draws the batch at once exactly as ``jax.random`` does, or a batch of keys (``(B, 2)``
+uint32 or typed ``(B,)``), one per example along the leading axis of ``shape``: example b's
+noise is then a function of its own key alone, so it does not change with the batch size, the
+position of the example in the batch, or the devices the batch is sharded over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def per_example(rng: Array) -> bool:
+    """True when ``rng`` is a batch of keys (leading axis = the batch)."""
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    return rng.ndim == (1 if typed else 2)
+
+
+def example_keys(rng: Array, indices: Array) -> Array:
+    """One key per example: ``fold_in(rng, i)`` for each i of ``indices`` (B,) -> (B, 2)."""
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(indices, jnp.uint32))
+
+
+def _draw(fn, rng: Array, shape: Sequence[int], dtype) -> Array:
+    if not per_example(rng):
+        return fn(rng, tuple(shape), dtype)
+    if shape[0] != rng.shape[0]:
+        raise ValueError(f"{rng.shape[0]} per-example keys for a batch of shape {tuple(shape)}")
+    return jax.vmap(lambda key: fn(key, tuple(shape[1:]), dtype))(rng)
+
+
+def normal(rng: Array, shape: Sequence[int], dtype=float) -> Array:
+    """Standard normal of ``shape`` (one key, or one key per example of ``shape[0]``)."""
+    return _draw(jax.random.normal, rng, shape, dtype)
+
+
+def uniform(rng: Array, shape: Sequence[int], dtype=float) -> Array:
+    """U[0, 1) of ``shape`` (one key, or one key per example of ``shape[0]``)."""
+    return _draw(jax.random.uniform, rng, shape, dtype)
+
+
+def rademacher(rng: Array, shape: Sequence[int], dtype=float) -> Array:
+    """±1 with probability ½ each, of ``shape`` (one key, or one per example)."""
+    return _draw(lambda k, s, d: jax.random.rademacher(k, s).astype(d), rng, shape, dtype)
+
+
+def split(rng: Array, num: int = 2) -> Array:
+    """``jax.random.split``; for per-example keys (B, ...) each is split: (num, B, ...)."""
+    if not per_example(rng):
+        return jax.random.split(rng, num)
+    return jnp.swapaxes(jax.vmap(lambda key: jax.random.split(key, num))(rng), 0, 1)
+
+
+def fold_in(rng: Array, data: int) -> Array:
+    """``jax.random.fold_in`` of one key, or of each per-example key."""
+    if not per_example(rng):
+        return jax.random.fold_in(rng, data)
+    return jax.vmap(lambda key: jax.random.fold_in(key, data))(rng)

@@ -1,0 +1,91 @@
+"""Evaluation and sampling across two processes (2 devices each, on 127.0.0.1, the harness of
+tests/test_multihost.py) give the samples, bits/dim, loss and report of one process.
+
+Run as a script, this file is one of the two worker processes.
+"""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_multihost import _free_port
+from training_helpers import ROOT, subprocess_env, tiny_toy_config
+
+from score_sde_jax import checkpoints, train_lib
+from score_sde_jax.evaluation import files as io
+from score_sde_jax.evaluation import loops
+
+SEEDS = [3, 21]
+
+
+def eval_config():
+    """Loss, bits/dim and 24 samples (two rounds of 16) of a tiny GMM model."""
+    config = tiny_toy_config(**{"data.dataset": "GMM", "data.toy_eval_size": 40})
+    config.model.num_scales = 20
+    ev = config.eval
+    ev.batch_size, ev.num_samples, ev.bpd_num_repeats = 16, 24, 1
+    ev.enable_loss = ev.enable_bpd = ev.enable_sampling = True
+    ev.begin_ckpt = ev.end_ckpt = 1
+    return config
+
+
+def worker(process_id: int, port: int, workdir: str) -> None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=process_id)
+    assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+    loops.evaluate(eval_config(), workdir, "eval_two_processes")
+    loops.sample(eval_config(), workdir, None, f"{workdir}/seeds", seeds=SEEDS)
+    jax.distributed.shutdown()
+
+
+def test_two_processes_evaluate_like_one(tmp_path):
+    config = eval_config()
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    ckpt = checkpoints.Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(state.replace(step=jnp.asarray(config.training.snapshot_freq, jnp.int32)), config)
+    ckpt.close()
+    port = _free_port()
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    single = loops.evaluate(config, tmp_path, "eval_one_device",  # meanwhile, on one device
+                            mesh=train_lib.make_mesh(jax.devices()[:1]))
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=300))
+        finally:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+
+    two, one = tmp_path / "eval_two_processes", tmp_path / "eval_one_device"
+    assert "sliced_wasserstein" in outputs[0][0] and "ckpt" in outputs[0][0]  # the summary table
+    assert "sliced_wasserstein" not in outputs[1][0]  # printed by process 0 only
+    for name in ("ckpt_1_loss.npz", "test_ckpt_1_bpd.npz", "report_1.npz"):
+        a, b = io.load_npz(two / name), io.load_npz(one / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=f"{name}:{key}")
+    for r in range(2):  # process 0 merged both processes' rows; each wrote only its own
+        np.testing.assert_allclose(io.load_npz(two / "ckpt_1" / f"round_{r}.npz")["samples"],
+                                   io.load_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"],
+                                   rtol=1e-5, atol=1e-5)
+        rows = [io.load_npz(two / f"ckpt_1_host_{h}" / f"samples_{r}.npz")["indices"] for h in (0, 1)]
+        assert sorted(np.concatenate(rows).tolist()) == list(range(16 * r, 16 * r + 16))
+        assert len(rows[0]) == len(rows[1]) == 8
+    regenerated = io.load_npz(next((tmp_path / "seeds").glob("*.npz")))
+    merged = np.concatenate([io.load_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"] for r in (0, 1)])
+    # the untrained model's samples are O(100): float summation order shows at 1e-5 relative
+    np.testing.assert_allclose(regenerated["samples"], merged[SEEDS], rtol=1e-5, atol=1e-5)
+    assert single[1]["bpd"] == pytest.approx(float(io.load_npz(two / "test_ckpt_1_bpd.npz")["mean_bpd"]),
+                                             rel=1e-5)
+
+
+if __name__ == "__main__":
+    worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
