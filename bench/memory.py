@@ -1,6 +1,7 @@
 """Memory and FLOPs of the full-size train steps, from XLA's compiled programs (nothing executed).
 
-    python bench/memory.py [--only cifar10_ddpmpp] [--variants fp32,bf16+remat] [--json out.json]
+    python bench/memory.py [--only cifar10_ddpmpp] [--variants fp32,bf16+remat] [--no-compile]
+                           [--json out.json]
 
 For each model and variant the train step (``train_lib.get_train_step``: forward, backward,
 clipped Adam, EMA) is lowered on abstract shapes (``jax.ShapeDtypeStruct``; the state comes from
@@ -17,12 +18,27 @@ does. Reported:
 The compiled program is XLA:CPU's; a GPU / TPU compiler schedules differently (fusion, and its
 own buffer reuse), so the numbers are an estimate of device memory, compared across variants in
 one run. bfloat16 convolutions are lowered by XLA:CPU as float32 with conversions around them.
+XLA:CPU's buffer plan does not realise rematerialization (BENCHMARKS.md §8), so the compiled
+peak does not show remat's saving; the backend-independent columns below do.
+
+Estimated device peak (traced only, seconds a row; ``--no-compile`` prints only these):
+  saved     ``train_lib.saved_residual_bytes``: what the forward pass keeps for the backward
+            pass (the vjp residuals of the loss w.r.t. the parameters) at the microbatch B / k.
+  recompute with remat, the largest residuals of one rematerialized block, rebuilt and held
+            while that block's backward pass runs.
+  state     every leaf of the train state: params, EMA, Adam's two moments (all float32).
+  grads     one float32 gradient tree (two with accumulation: the running sum and the
+            microbatch's).
+  batch     the per-device input batch of B images (float32) and labels.
+  est. peak state + grads + batch + saved + recompute; max batch from it, linear in the batch (saved from
+            the microbatches B / k and B / 2k, or 2B / k), a multiple of k.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -90,15 +106,44 @@ def analyse(config, batch: int) -> dict:
             "compile_s": seconds}
 
 
-def max_batch(at_b: dict, at_other: dict, memory_bytes: float, multiple: int) -> int:
-    """Largest batch (a multiple of ``multiple``) under ``memory_bytes`` on the line through the
-    two measured peaks."""
-    per_image = (at_b["peak"] - at_other["peak"]) / (at_b["batch"] - at_other["batch"])
-    fixed = at_b["peak"] - per_image * at_b["batch"]
+def nbytes(tree) -> int:
+    return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                   for x in jax.tree_util.tree_leaves(tree)))
+
+
+def estimate(config, batch: int) -> dict:
+    """Estimated device peak at per-device ``batch`` (module docstring), from tracing alone;
+    ``fixed`` and ``per_image`` give the line peak(b) = fixed + b · per_image."""
+    k = config.training.grad_accum_steps
+    state = train_lib.abstract_train_state(config)
+    grads = nbytes(state.params) * (1 if k == 1 else 2)
+    image = math.prod(mutils.data_shape(config)) * 4 + 4
+    start = time.perf_counter()
+    at_b = train_lib.saved_residual_bytes(config, batch)
+    other = batch // 2 if (batch // 2) % k == 0 and batch // 2 >= k else 2 * batch
+    at_other = train_lib.saved_residual_bytes(config, other)
+    held = {n: sum(r.values()) for n, r in ((batch, at_b), (other, at_other))}
+    per_image = (held[batch] - held[other]) / (batch - other) + image
+    fixed = nbytes(state) + grads + batch * image + held[batch] - batch * per_image
+    return {"batch": batch, **at_b, "state": nbytes(state), "grads": grads,
+            "inputs": batch * image, "peak": fixed + batch * per_image, "fixed": fixed,
+            "per_image": per_image, "trace_s": time.perf_counter() - start}
+
+
+def fit(fixed: float, per_image: float, memory_bytes: float, multiple: int) -> int:
+    """Largest batch (a multiple of ``multiple``) with fixed + batch · per_image under
+    ``memory_bytes``; -1 when the line does not grow with the batch."""
     if per_image <= 0:
         return -1
     b = int((memory_bytes - fixed) // per_image)
     return max(b - b % multiple, 0)
+
+
+def max_batch(at_b: dict, at_other: dict, memory_bytes: float, multiple: int) -> int:
+    """Largest batch (a multiple of ``multiple``) under ``memory_bytes`` on the line through the
+    two measured peaks."""
+    per_image = (at_b["peak"] - at_other["peak"]) / (at_b["batch"] - at_other["batch"])
+    return fit(at_b["peak"] - per_image * at_b["batch"], per_image, memory_bytes, multiple)
 
 
 def gb(n: float) -> str:
@@ -113,6 +158,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, choices=(1, 2), default=2,
                         help="batches compiled per row: 2 (B and B/2) or 1 (B only: max batch "
                              "from peak = (state + batch) + B * temporaries / B, conservative)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the XLA:CPU compile: only the traced estimate (seconds a row)")
     parser.add_argument("--json", default="", help="append one JSON line per row to this file")
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s]
@@ -121,7 +168,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
 
-    rows, base = [], {}
+    rows, base, est_base = [], {}, {}
     for name, path, batch in MODELS:
         if only and name not in only:
             continue
@@ -129,6 +176,22 @@ def main() -> None:
         for variant in variants:
             config = variant_config(path, variant)
             accum = config.training.grad_accum_steps
+            est = estimate(config, batch)
+            est_base.setdefault(name, est["peak"])
+            row = {"model": name, "variant": variant, "batch": batch,
+                   "saved_gb": est["saved"] / 1e9, "recompute_gb": est["recompute"] / 1e9,
+                   "state_gb": est["state"] / 1e9,
+                   "grads_gb": est["grads"] / 1e9, "inputs_gb": est["inputs"] / 1e9,
+                   "est_peak_gb": est["peak"] / 1e9, "est_vs_fp32": est["peak"] / est_base[name],
+                   "est_max_batch": [fit(est["fixed"], est["per_image"], m * 1e9, accum)
+                                     for m in MEMORIES_GB], "trace_s": est["trace_s"]}
+            if args.no_compile:
+                print(json.dumps(row), flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                rows.append(row)
+                continue
             at_b = analyse(config, batch)
             if args.points == 2:
                 at_other = analyse(config, batch // 2 if batch // 2 >= accum else 2 * batch)
@@ -136,7 +199,7 @@ def main() -> None:
                 at_other = {"batch": 0, "peak": at_b["peak"] - at_b["temp"], "compile_s": 0.0}
             fits = [max_batch(at_b, at_other, m * 1e9, accum) for m in MEMORIES_GB]
             base.setdefault(name, at_b["peak"])
-            row = {"model": name, "variant": variant, "batch": batch, "peak_gb": at_b["peak"] / 1e9,
+            row |= {"peak_gb": at_b["peak"] / 1e9,
                    "vs_fp32": at_b["peak"] / base[name],
                    "args_gb": at_b["arguments"] / 1e9, "temp_gb": at_b["temp"] / 1e9,
                    "gflop_per_image": at_b["flops"] / batch / 1e9, "max_batch": fits,
@@ -147,6 +210,23 @@ def main() -> None:
                     f.write(json.dumps(row) + "\n")
             rows.append(row)
 
+    print()
+    print_table(
+        f"Train-step memory, estimated from the traced residuals (not compiled) — {machine()}",
+        ["model", "variant", "B", "saved GB", "recompute GB", "state GB", "grads GB", "batch GB",
+         "est. peak GB", "vs first", *[f"max B {m}GB" for m in MEMORIES_GB], "trace s"],
+        [[r["model"], r["variant"], r["batch"], f"{r['saved_gb']:.2f}",
+          f"{r['recompute_gb']:.2f}", f"{r['state_gb']:.2f}",
+          f"{r['grads_gb']:.2f}", f"{r['inputs_gb']:.3f}", f"{r['est_peak_gb']:.2f}",
+          f"{r['est_vs_fp32']:.2f}", *r["est_max_batch"], f"{r['trace_s']:.0f}"] for r in rows],
+        notes=["saved: vjp residuals of the loss w.r.t. the parameters at the microbatch B/k "
+               "(inputs themselves not counted); recompute: the largest remat block's own "
+               "residuals, rebuilt in the backward pass",
+               "state: params + EMA + Adam moments; grads: one tree (two with accumulation)",
+               "est. peak = state + grads + batch + saved + recompute; 'vs first' against the model's first "
+               "variant; max B: linear in B (saved at two batches), a multiple of k"])
+    if args.no_compile:
+        return
     print()
     print_table(
         f"Train-step memory (XLA:CPU compiled, not run) — {machine()}",
