@@ -1,4 +1,5 @@
-"""Memory and FLOPs of the full-size train steps, from XLA's compiled programs (nothing executed).
+"""Memory of the full-size train steps, estimated from the traced residuals and from XLA's
+compiled programs (nothing executed), and FLOPs.
 
     python bench/memory.py [--only cifar10_ddpmpp] [--variants fp32,bf16+remat] [--no-compile]
                            [--json out.json]

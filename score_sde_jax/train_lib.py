@@ -373,7 +373,8 @@ def saved_residual_bytes(config, batch_size: int) -> dict[str, int]:
             {"image": jax.ShapeDtypeStruct((b, *shape), jnp.float32),
              "label": jax.ShapeDtypeStruct((b,), jnp.int32)})
     saved = _kept_bytes(lambda *a: summed(*a)[0], [0], *args)
-    blocks = list(_remat_blocks(jax.make_jaxpr(summed)(*args).jaxpr))
+    remat = bool(config.model.get("remat", False))
+    blocks = list(_remat_blocks(jax.make_jaxpr(summed)(*args).jaxpr)) if remat else []
     recompute = max((_kept_bytes(
         jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(e.params["jaxpr"], [])),
         [i for i, v in enumerate(e.invars) if jnp.issubdtype(v.aval.dtype, jnp.inexact)],

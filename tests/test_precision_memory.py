@@ -208,18 +208,15 @@ def test_bfloat16_accumulated_training_keeps_float32_state():
 
 # ---------------------------------------------------------------------------- memory estimate
 def test_remat_and_bfloat16_shrink_the_saved_residuals():
-    """``train_lib.saved_residual_bytes`` (what bench/memory.py's estimate uses) on the tiny
-    DDPM++ at batch 8: remat and bf16 each keep fewer bytes for the backward pass, remat adds
-    a recompute term, and accumulation over 4 keeps the residuals of a microbatch of 2."""
-    def measured(dtype="float32", remat=False, accum=1):
+    """``train_lib.saved_residual_bytes`` (bench/memory.py's estimate) on the tiny DDPM++ at
+    batch 8: remat keeps < 1/4 and bf16 between 1/2 and 0.8 of float32's residuals for the
+    backward pass, and remat's recompute of one block is under 1/4 of float32's total."""
+    def measured(dtype="float32", remat=False):
         config = load_config(TINY["tiny_ddpmpp"])
         config.model.dtype, config.model.remat = dtype, remat
-        config.training.grad_accum_steps = accum
         return train_lib.saved_residual_bytes(config, 8)
 
     fp32, remat, bf16 = measured(), measured(remat=True), measured("bfloat16")
-    assert fp32["recompute"] == bf16["recompute"] == 0 < remat["recompute"] < fp32["saved"]
-    assert remat["saved"] < fp32["saved"] / 4
+    assert fp32["recompute"] == bf16["recompute"] == 0 < remat["recompute"] < fp32["saved"] / 4
+    assert 0 < remat["saved"] < fp32["saved"] / 4
     assert fp32["saved"] / 2 < bf16["saved"] < 0.8 * fp32["saved"]
-    assert measured("bfloat16", True)["saved"] < remat["saved"]
-    assert measured(accum=4)["saved"] == pytest.approx(fp32["saved"] / 4, rel=0.01)
