@@ -151,6 +151,24 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.2f}"
 
 
+def print_estimates(rows: list[dict]) -> None:
+    """The estimate table (one row per model and variant)."""
+    print_table(
+        f"Train-step memory, estimated from the traced residuals (not compiled) — {machine()}",
+        ["model", "variant", "B", "saved GB", "recompute GB", "state GB", "grads GB", "batch GB",
+         "est. peak GB", "vs first", *[f"max B {m}GB" for m in MEMORIES_GB], "trace s"],
+        [[r["model"], r["variant"], r["batch"], f"{r['saved_gb']:.2f}",
+          f"{r['recompute_gb']:.2f}", f"{r['state_gb']:.2f}",
+          f"{r['grads_gb']:.2f}", f"{r['inputs_gb']:.3f}", f"{r['est_peak_gb']:.2f}",
+          f"{r['est_vs_fp32']:.2f}", *r["est_max_batch"], f"{r['trace_s']:.0f}"] for r in rows],
+        notes=["saved: vjp residuals of the loss w.r.t. the parameters at the microbatch B/k "
+               "(inputs themselves not counted); recompute: the largest remat block's own "
+               "residuals, rebuilt in the backward pass",
+               "state: params + EMA + Adam moments; grads: one tree (two with accumulation)",
+               "est. peak = state + grads + batch + saved + recompute; 'vs first' against the "
+               "model's first variant; max B: linear in B (saved at two batches), a multiple of k"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="", help="comma-separated model rows (default: all)")
@@ -162,7 +180,13 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the XLA:CPU compile: only the traced estimate (seconds a row)")
     parser.add_argument("--json", default="", help="append one JSON line per row to this file")
+    parser.add_argument("--table-from", default="",
+                        help="only print the estimate table of the rows in this --json file")
     args = parser.parse_args()
+    if args.table_from:
+        with open(args.table_from) as f:
+            print_estimates([json.loads(line) for line in f if line.strip()])
+        return
     only = [s for s in args.only.split(",") if s]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -177,6 +201,10 @@ def main() -> None:
         for variant in variants:
             config = variant_config(path, variant)
             accum = config.training.grad_accum_steps
+            if batch % accum:
+                print(f"{name} {variant}: skipped, batch {batch} not divisible by {accum}",
+                      file=sys.stderr)
+                continue
             est = estimate(config, batch)
             est_base.setdefault(name, est["peak"])
             row = {"model": name, "variant": variant, "batch": batch,
@@ -212,20 +240,7 @@ def main() -> None:
             rows.append(row)
 
     print()
-    print_table(
-        f"Train-step memory, estimated from the traced residuals (not compiled) — {machine()}",
-        ["model", "variant", "B", "saved GB", "recompute GB", "state GB", "grads GB", "batch GB",
-         "est. peak GB", "vs first", *[f"max B {m}GB" for m in MEMORIES_GB], "trace s"],
-        [[r["model"], r["variant"], r["batch"], f"{r['saved_gb']:.2f}",
-          f"{r['recompute_gb']:.2f}", f"{r['state_gb']:.2f}",
-          f"{r['grads_gb']:.2f}", f"{r['inputs_gb']:.3f}", f"{r['est_peak_gb']:.2f}",
-          f"{r['est_vs_fp32']:.2f}", *r["est_max_batch"], f"{r['trace_s']:.0f}"] for r in rows],
-        notes=["saved: vjp residuals of the loss w.r.t. the parameters at the microbatch B/k "
-               "(inputs themselves not counted); recompute: the largest remat block's own "
-               "residuals, rebuilt in the backward pass",
-               "state: params + EMA + Adam moments; grads: one tree (two with accumulation)",
-               "est. peak = state + grads + batch + saved + recompute; 'vs first' against the model's first "
-               "variant; max B: linear in B (saved at two batches), a multiple of k"])
+    print_estimates(rows)
     if args.no_compile:
         return
     print()
