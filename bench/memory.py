@@ -23,7 +23,7 @@ XLA:CPU's buffer plan does not realise rematerialization (BENCHMARKS.md §8), so
 peak does not show remat's saving; the backend-independent columns below do.
 
 Estimated device peak (traced only, seconds a row; ``--no-compile`` prints only these):
-  saved     ``train_lib.saved_residual_bytes``: what the forward pass keeps for the backward
+  saved     ``memory_estimate.saved_residual_bytes``: what the forward pass keeps for the backward
             pass (the vjp residuals of the loss w.r.t. the parameters) at the microbatch B / k.
   recompute with remat, the largest residuals of one rematerialized block, rebuilt and held
             while that block's backward pass runs.
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
-from score_sde_jax import train_lib  # noqa: E402
+from score_sde_jax import memory_estimate, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 # (row name, config file, per-device batch): CIFAR-10 at the batch of the official runs (128);
@@ -120,9 +120,9 @@ def estimate(config, batch: int) -> dict:
     grads = nbytes(state.params) * (1 if k == 1 else 2)
     image = math.prod(mutils.data_shape(config)) * 4 + 4
     start = time.perf_counter()
-    at_b = train_lib.saved_residual_bytes(config, batch)
+    at_b = memory_estimate.saved_residual_bytes(config, batch)
     other = batch // 2 if (batch // 2) % k == 0 and batch // 2 >= k else 2 * batch
-    at_other = train_lib.saved_residual_bytes(config, other)
+    at_other = memory_estimate.saved_residual_bytes(config, other)
     held = {n: sum(r.values()) for n, r in ((batch, at_b), (other, at_other))}
     per_image = (held[batch] - held[other]) / (batch - other) + image
     fixed = nbytes(state) + grads + batch * image + held[batch] - batch * per_image

@@ -20,6 +20,9 @@ Keys beyond the official ones, read by this project:
   eval.hutchinson_type trace estimator of the likelihood: 'rademacher' | 'gaussian' | 'exact'.
   eval.likelihood_rtol/atol/eps  ODE tolerances and start time of the likelihood (1e-5).
   eval.likelihood_solver         diffrax solver of the likelihood ODE ('dopri5', as the official RK45).
+  eval.likelihood_per_sample     True: one ODE solve per image, so its bits/dim do not depend on the
+                                 rest of its batch nor on the devices; False: the batch as one state
+                                 (the official way, steps shared by the batch).
   training.task        training objective registered in train_lib ('score').
   training.grad_accum_steps  microbatches per update (gradients summed in a lax.scan; 1 = off).
   model.dtype          compute dtype of the network: 'float32' | 'bfloat16' (parameters, optimizer
@@ -91,6 +94,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_num_repeats = 5
     evaluate.hutchinson_type = 'rademacher'
     evaluate.likelihood_solver = 'dopri5'
+    evaluate.likelihood_per_sample = True
     evaluate.likelihood_rtol = 1e-5
     evaluate.likelihood_atol = 1e-5
     evaluate.likelihood_eps = 1e-5

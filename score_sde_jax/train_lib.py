@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import flax
 import flax.linen as nn
@@ -232,7 +232,7 @@ def abstract_train_state(config, sharding: jax.sharding.Sharding | None = None) 
                                   shapes)
 
 
-def _summed_per_example(loss_fn: StepLoss) -> Callable[[dict, Array, Batch], tuple[Array, dict]]:
+def summed_per_example(loss_fn: StepLoss) -> Callable[[dict, Array, Batch], tuple[Array, dict]]:
     """``(params, keys (b, 2), batch (b, ...)) -> (Σ_i loss_i, Σ_i aux_i)`` where loss_i is
     ``loss_fn`` on example i alone (a batch of one) with key ``keys[i]``."""
 
@@ -284,7 +284,7 @@ def get_train_step(config, mesh: Mesh | None = None
     sharded) before the update.
     """
     sde, _ = sde_lib.get_sde(config)
-    summed = _summed_per_example(get_step_loss(config, sde, mutils.get_model(config), train=True))
+    summed = summed_per_example(get_step_loss(config, sde, mutils.get_model(config), train=True))
     grad_fn = jax.value_and_grad(summed, has_aux=True)
     tx, lr_fn = get_optimizer(config), learning_rate(config)
     scaler, ema_rate = datasets.get_data_scaler(config), float(config.model.ema_rate)
@@ -319,68 +319,6 @@ def get_train_step(config, mesh: Mesh | None = None
         return new, metrics
 
     return train_step
-
-
-def _kept_bytes(fn: Callable, wrt: Sequence[int], *args) -> int:
-    """Bytes of the residuals that ``vjp`` of ``fn`` w.r.t. ``args[i]`` (i in ``wrt``) keeps,
-    traced on the shapes ``args`` (nothing run), less those that are inputs themselves; each
-    kept value counted once."""
-
-    def residuals(*a):
-        def of_wrt(*w):
-            full = list(a)
-            for i, x in zip(wrt, w, strict=True):
-                full[i] = x
-            return fn(*full)
-
-        return jax.vjp(of_wrt, *(a[i] for i in wrt))[1]
-
-    jaxpr = jax.make_jaxpr(residuals)(*args).jaxpr
-    inputs = set(jaxpr.invars)
-    kept = {v for v in jaxpr.outvars if isinstance(v, jax.extend.core.Var) and v not in inputs}
-    return int(sum(np.prod(v.aval.shape, dtype=np.int64) * v.aval.dtype.itemsize for v in kept))
-
-
-def _remat_blocks(jaxpr):
-    """The rematerialized (``jax.checkpoint``) equations of ``jaxpr``, outermost ones."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "remat2":
-            yield eqn
-        else:
-            for inner in jax.extend.core.jaxprs_in_params(eqn.params):
-                yield from _remat_blocks(inner)
-
-
-def saved_residual_bytes(config, batch_size: int) -> dict[str, int]:
-    """What the backward pass of one microbatch (``batch_size // k`` examples, k =
-    ``grad_accum_steps``: what accumulation holds at once) needs, traced on abstract shapes
-    (``jax.make_jaxpr``; nothing compiled or run), independent of any backend's buffer plan:
-
-    ``saved``: the residuals of ``vjp`` of the summed train-step loss w.r.t. the parameters, kept
-    from the forward pass until the backward pass (not counting residuals that *are* inputs: the
-    float32 parameters, the batch). ``recompute``: the largest residuals of one rematerialized
-    block (``config.model.remat``), rebuilt and held while that block's backward runs (0
-    without remat). Counted before XLA's fusion, which may recompute cheap elementwise values.
-    """
-    k = grad_accum_steps(config)
-    if batch_size % k:
-        raise ValueError(f"batch_size={batch_size} is not divisible by "
-                         f"config.training.grad_accum_steps={k}")
-    b, shape = batch_size // k, mutils.data_shape(config)
-    sde, _ = sde_lib.get_sde(config)
-    summed = _summed_per_example(get_step_loss(config, sde, mutils.get_model(config), train=True))
-    args = (abstract_train_state(config).params, jax.ShapeDtypeStruct((b, 2), jnp.uint32),
-            {"image": jax.ShapeDtypeStruct((b, *shape), jnp.float32),
-             "label": jax.ShapeDtypeStruct((b,), jnp.int32)})
-    saved = _kept_bytes(lambda *a: summed(*a)[0], [0], *args)
-    remat = bool(config.model.get("remat", False))
-    blocks = list(_remat_blocks(jax.make_jaxpr(summed)(*args).jaxpr)) if remat else []
-    recompute = max((_kept_bytes(
-        jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(e.params["jaxpr"], [])),
-        [i for i, v in enumerate(e.invars) if jnp.issubdtype(v.aval.dtype, jnp.inexact)],
-        *(jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in e.invars))
-        for e in blocks), default=0)
-    return {"saved": saved, "recompute": recompute}
 
 
 def get_eval_step(config) -> Callable[[TrainState, Batch, Array], dict]:

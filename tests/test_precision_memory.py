@@ -10,7 +10,7 @@ import pytest
 from test_models_parity import PARITY, parity_case
 from training_helpers import ROOT, tiny_toy_config
 
-from score_sde_jax import checkpoints, likelihood, losses, sampling, sde_lib, train_lib
+from score_sde_jax import checkpoints, likelihood, losses, memory_estimate, sampling, sde_lib, train_lib
 from score_sde_jax.convert import load_config
 from score_sde_jax.models import get_model, init_model
 from score_sde_jax.models import utils as mutils
@@ -208,13 +208,13 @@ def test_bfloat16_accumulated_training_keeps_float32_state():
 
 # ---------------------------------------------------------------------------- memory estimate
 def test_remat_and_bfloat16_shrink_the_saved_residuals():
-    """``train_lib.saved_residual_bytes`` (bench/memory.py's estimate) on the tiny DDPM++ at
+    """``memory_estimate.saved_residual_bytes`` (bench/memory.py's estimate) on the tiny DDPM++ at
     batch 8: remat keeps < 1/4 and bf16 between 1/2 and 0.8 of float32's residuals for the
     backward pass, and remat's recompute of one block is under 1/4 of float32's total."""
     def measured(dtype="float32", remat=False):
         config = load_config(TINY["tiny_ddpmpp"])
         config.model.dtype, config.model.remat = dtype, remat
-        return train_lib.saved_residual_bytes(config, 8)
+        return memory_estimate.saved_residual_bytes(config, 8)
 
     fp32, remat, bf16 = measured(), measured(remat=True), measured("bfloat16")
     assert fp32["recompute"] == bf16["recompute"] == 0 < remat["recompute"] < fp32["saved"] / 4

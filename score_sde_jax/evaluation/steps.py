@@ -126,14 +126,16 @@ def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], me
     (images: x = (255 y + u) / 256, u ~ U[0, 1)ᴰ, as the official bits/dim pass) and its
     Hutchinson probe. The data are mapped by the data scaler, their log-density is the PF-ODE
     likelihood (:func:`likelihood.get_likelihood_fn` with ``config.eval.hutchinson_type``,
-    ``likelihood_rtol`` / ``likelihood_atol``, ``likelihood_eps``), one ODE per example, and
+    ``likelihood_rtol`` / ``likelihood_atol``, ``likelihood_eps``), one ODE per example
+    (``eval.likelihood_per_sample``, default True: independent of the batch and devices), and
     bits/dim adds :func:`bpd_offset`.
     """
     ev = config.eval
     lik = likelihood.get_likelihood_fn(
         sde, hutchinson_type=ev.get("hutchinson_type", "rademacher"),
         rtol=ev.get("likelihood_rtol", 1e-5), atol=ev.get("likelihood_atol", 1e-5),
-        eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", sampling.DEFAULT_SOLVER))
+        eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", sampling.DEFAULT_SOLVER),
+        per_sample=ev.get("likelihood_per_sample", True))
     scaler = datasets.get_data_scaler(config)
     dim = math.prod(mutils.data_shape(config))
     offset, flat = bpd_offset(config), is_flat(config)
