@@ -71,14 +71,24 @@ def tiny_conv_model(sde_name: str = "vpsde", init_scale: float = 1.0, num_scales
     if num_scales is not None:
         config.model.num_scales = num_scales
     config.model.init_scale = init_scale
-    model = mutils.get_model(config)
     variables = mutils.init_model(jax.random.PRNGKey(0), config)
     sde, eps = sde_lib.get_sde(config)
+    return config, sde, eps, variables, conv_score(config, sde)
+
+
+def conv_score(config, sde, dtype: str | None = None):
+    """``score(variables, x, t)`` of ``config``'s network (parameters as an argument), computing
+    in ``dtype`` (default: ``config.model.dtype``); "float64" needs ``jax.enable_x64(True)``
+    around its calls, with the variables cast by :func:`to64`."""
+    if dtype is not None:
+        config = config.copy_and_resolve_references()
+        config.model.dtype = dtype
+    model = mutils.get_model(config)
 
     def score(variables, x, t):
         return mutils.get_score_fn(sde, model, variables, continuous=True)(x, t)
 
-    return config, sde, eps, variables, score
+    return score
 
 
 def pf_drift(sde, score):
@@ -125,6 +135,45 @@ def train_tiny(sde, variables, score, steps: int, batch: int = 32, lr: float = 1
     for key in jax.random.split(jax.random.PRNGKey(seed), steps):
         variables, opt_state = step(variables, opt_state, key)
     return variables
+
+
+def to64(tree):
+    """Every floating-point array of ``tree`` cast to float64 (use under ``jax.enable_x64(True)``)."""
+    def cast(a):
+        return jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+
+    return jax.tree.map(cast, tree)
+
+
+def at_error(errors: Sequence[float], values: Sequence[float], target: float) -> float:
+    """``values`` at error ``target``: log(value) interpolated linearly in log(error) between the
+    points (errors[i], values[i]) of a tolerance sweep; nan outside the measured errors (no
+    extrapolation), except within 5 % of the nearest end (the same step sequence can give an
+    error that differs in the last digits), where that end's value is returned."""
+    e, v = np.log(np.asarray(errors, float)), np.log(np.asarray(values, float))
+    order = np.argsort(e)
+    if not e.min() - np.log(1.05) <= np.log(target) <= e.max() + np.log(1.05):
+        return float("nan")
+    return float(np.exp(np.interp(np.log(target), e[order], v[order])))
+
+
+def equal_error_rows(name: str, sweeps: dict[str, Sequence[tuple[float, float, float]]],
+                     baseline: str) -> list[list[str]]:
+    """Time at equal error against ``baseline``: ``sweeps[method]`` = [(error, seconds, NFE), ...]
+    over a tolerance sweep. One row per point of the baseline: its error, milliseconds and NFE,
+    then for every other method the milliseconds and NFE it needs for that error (:func:`at_error`) and
+    the speed-up, baseline seconds / those seconds ("-" where the error is outside its sweep)."""
+    rows = []
+    for err, seconds, nfe in sweeps[baseline]:
+        row = [name, f"{err:.2e}", f"{seconds * 1e3:.4g}", f"{nfe:.0f}"]
+        for method, points in sweeps.items():
+            if method == baseline:
+                continue
+            errs, times, nfes = zip(*points, strict=True)
+            t, n = at_error(errs, times, err), at_error(errs, nfes, err)
+            row += ["-", "-", "-"] if np.isnan(t) else [f"{t * 1e3:.4g}", f"{n:.0f}", f"{seconds / t:.2f}"]
+        rows.append(row)
+    return rows
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence], notes: Sequence[str] = ()):

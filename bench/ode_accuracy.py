@@ -3,9 +3,10 @@
     python bench/ode_accuracy.py [--tols 1e-3,1e-4,1e-5] [--gmm-batch 64] [--batch 2]
         [--train-steps 200] [--models gmm_vp,gmm_ve,ddpmpp,ncsnpp]
 
-Everything in float64 (``jax_enable_x64``; network parameters cast), so the differences are the
-solvers' alone. Error = distance to a reference solve at rtol = atol = 1e-8 (this project's
-solver, same probe, same prior draw):
+Everything in float64 (``jax_enable_x64``; the networks trained in float32, then their parameters
+cast and ``model.dtype = 'float64'``), so the differences are the solvers' alone. Error =
+distance to a reference solve at rtol = atol = 1e-8 (this project's solver, same probe, same
+prior draw):
 
 - sampler: the PF-ODE from T to ε (VP 1e-3, VE 1e-5) for a batch from one prior draw, the batch
   one ODE state in every method (as the official sampler); error = RMS over all elements of
@@ -44,7 +45,7 @@ jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import digits, machine, pf_drift, print_table, tiny_conv_model, train_tiny  # noqa: E402
+from common import conv_score, digits, machine, pf_drift, print_table, tiny_conv_model, to64, train_tiny  # noqa: E402
 from scipy import integrate  # noqa: E402
 
 from score_sde_jax import analytic, likelihood, sampling, sde_lib, step_control  # noqa: E402
@@ -151,11 +152,6 @@ def likelihood_rows(name, sde, score, params, x, tols, rows, centered=True):
         rows.append([name, "lik. z RMS", f"{tol:g}", *zcells[0], *zcells[1], *zcells[2], *zcells[3]])
 
 
-def to64(tree):
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                        tree)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tols", default="1e-3,1e-4,1e-5")
@@ -177,14 +173,14 @@ def main() -> None:
             likelihood_rows(name, sde, score, None, gmm.sample(jax.random.PRNGKey(1), args.gmm_batch), tols,
                             rows)
             print(f"done {key}", flush=True)
-    for key, path, sde_name in (("ddpmpp", "configs/tiny/tiny_ddpmpp.py", "vpsde"),
-                                ("ncsnpp", "configs/tiny/tiny_ncsnpp.py", "vesde")):
+    for key, label, path, sde_name in (("ddpmpp", "DDPM++", "configs/tiny/tiny_ddpmpp.py", "vpsde"),
+                                       ("ncsnpp", "NCSN++", "configs/tiny/tiny_ncsnpp.py", "vesde")):
         if key in models:
-            config, sde, eps, variables, score = tiny_conv_model(sde_name, init_scale=0.0, config_path=path)
-            with jax.enable_x64(False):
+            with jax.enable_x64(False):  # trained in float32, as always
+                config, sde, eps, variables, score = tiny_conv_model(sde_name, 0.0, config_path=path)
                 variables = train_tiny(sde, variables, score, args.train_steps)
-            variables = to64(variables)
-            name = f"tiny {config.model.name} {type(sde).__name__}"
+            variables, score = to64(variables), conv_score(config, sde, "float64")
+            name = f"tiny {label} {type(sde).__name__}"
             shape = (args.batch, config.data.image_size, config.data.image_size, config.data.num_channels)
             sampler_rows(name, sde, eps, score, variables, shape, tols, rows)
             data = jnp.asarray(digits("test")[: args.batch], jnp.float64)

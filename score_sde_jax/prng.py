@@ -48,8 +48,15 @@ def uniform(rng: Array, shape: Sequence[int], dtype=float) -> Array:
 
 
 def rademacher(rng: Array, shape: Sequence[int], dtype=float) -> Array:
-    """±1 with probability ½ each, of ``shape`` (one key, or one per example)."""
-    return _draw(lambda k, s, d: jax.random.rademacher(k, s).astype(d), rng, shape, dtype)
+    """±1 with probability ½ each, of ``shape`` (one key, or one per example).
+
+    The signs come from float32 uniforms whatever ``jax_enable_x64`` says (the same draws as
+    ``jax.random.rademacher`` without x64), so a float64 run uses the float32 run's probes.
+    """
+    def draw(key, s, d):
+        return (2 * jax.random.bernoulli(key, jnp.float32(0.5), s).astype(jnp.int32) - 1).astype(d)
+
+    return _draw(draw, rng, shape, dtype)
 
 
 def split(rng: Array, num: int = 2) -> Array:

@@ -22,6 +22,17 @@ def test_one_key_draws_like_jax_random_and_per_example_keys_draw_alone():
         prng.normal(keys, (4, 4))
 
 
+def test_rademacher_probes_are_the_same_with_and_without_x64():
+    key = jax.random.PRNGKey(3)
+    plain = prng.rademacher(key, (4, 50))
+    np.testing.assert_array_equal(plain, jax.random.rademacher(key, (4, 50)))
+    with jax.enable_x64(True):
+        wide = prng.rademacher(key, (4, 50), jnp.float64)
+    assert wide.dtype == jnp.float64
+    np.testing.assert_array_equal(wide, plain)
+    assert set(np.unique(plain)) == {-1.0, 1.0}
+
+
 @pytest.mark.parametrize("method", ["pc_ald", "ode_none", "heun_churn"])
 def test_a_sample_does_not_depend_on_the_rest_of_its_batch(method):
     sde = sde_lib.VPSDE(N=10)

@@ -57,8 +57,9 @@ class DDPM(nn.Module):
                                          act=act, normalize=normalize, dropout=m.dropout)
 
         temb = None
-        if m.conditional:  # float32 sinusoidal features, dense layers in dtype
-            temb = layers.get_timestep_embedding(labels, nf)
+        full = layers.full_precision(dtype)
+        if m.conditional:  # full-precision sinusoidal features, dense layers in dtype
+            temb = layers.get_timestep_embedding(labels, nf, dtype=full)
             temb = layers.dense(temb, nf * 4, dtype)
             temb = layers.dense(act(temb), nf * 4, dtype)
 
@@ -95,10 +96,10 @@ class DDPM(nn.Module):
             raise AssertionError("DDPM: unused skip connections")
 
         h = act(normalize(h))
-        h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0).astype(jnp.float32)
+        h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0).astype(full)
 
         if m.scale_by_sigma:
-            sigmas = jnp.asarray(layers.get_sigmas(config), jnp.float32)
+            sigmas = jnp.asarray(layers.get_sigmas(config), full)
             used = sigmas[labels.astype(jnp.int32)]
             h = h / used.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
         return h

@@ -4,10 +4,10 @@ Module classes and the convolution helpers carry the names of the official score
 that Flax's automatic naming (``Conv_0``, ``NIN_2``, ``ResnetBlockDDPM_5`` ...) produces the
 parameter tree of the official checkpoints.
 
-Precision: every layer computes in the dtype of its input activations (float32, or bfloat16 when
-the network casts its input to ``get_dtype(config)``); parameters are float32 and are cast to
-that dtype where they meet the activations. GroupNorm computes its statistics in float32 and
-softmax runs in float32.
+Precision: every layer computes in the dtype of its input activations (float32, or bfloat16 /
+float64 when the network casts its input to ``get_dtype(config)``); parameters are float32 and
+are cast to that dtype where they meet the activations. GroupNorm computes its statistics and
+softmax runs in ``full_precision`` of that dtype (float32, or float64 for a float64 network).
 """
 
 from __future__ import annotations
@@ -43,20 +43,31 @@ def get_act(config) -> Callable[[Array], Array]:
     return _ACTIVATIONS[name]
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def get_dtype(config) -> Any:
-    """The compute dtype of ``config.model.dtype`` ('float32', the default, or 'bfloat16').
+    """The compute dtype of ``config.model.dtype``: 'float32' (the default), 'bfloat16', or
+    'float64' (with ``jax_enable_x64``, for precision checks).
 
-    Mixed precision: parameters stay float32 and every convolution, dense layer and attention
-    product computes in this dtype; normalisation statistics, the noise-level embeddings,
-    softmax and the final ÷σ stay float32 and the network returns float32.
+    Mixed precision: parameters are stored in float32 and every convolution, dense layer and
+    attention product computes in this dtype; normalisation statistics, the noise-level
+    embeddings, softmax and the final ÷σ compute in :func:`full_precision` of it, the dtype the
+    network returns.
     """
     name = str(config.model.get("dtype", "float32")).lower()
     if name not in _DTYPES:
         raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(_DTYPES)}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("config.model.dtype='float64' needs jax_enable_x64 "
+                         "(jax.config.update('jax_enable_x64', True))")
     return _DTYPES[name]
+
+
+def full_precision(dtype: Any) -> Any:
+    """float32 for a float32 or bfloat16 network, float64 for a float64 one: the dtype of the
+    normalisation statistics, embeddings, softmax and output."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 @functools.cache
@@ -124,8 +135,9 @@ conv1x1 = ddpm_conv1x1
 conv3x3 = ddpm_conv3x3
 
 
-def get_timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: int = 10000):
-    """Sinusoidal embedding (B,) -> (B, embedding_dim) of DDPM / transformers.
+def get_timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: int = 10000,
+                           dtype: Any = jnp.float32):
+    """Sinusoidal embedding (B,) -> (B, embedding_dim) of DDPM / transformers, in ``dtype``.
 
     e_j = exp(-j log(max_positions) / (d/2 - 1)), j < d/2; emb = [sin(t e), cos(t e)], zero
     padded by one column when ``embedding_dim`` is odd.
@@ -133,8 +145,8 @@ def get_timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: 
     if timesteps.ndim != 1:
         raise ValueError(f"timesteps must have shape (B,), got {timesteps.shape}")
     half = embedding_dim // 2
-    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_positions) / (half - 1)))
-    args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    freqs = jnp.exp(jnp.arange(half, dtype=dtype) * -(math.log(max_positions) / (half - 1)))
+    args = timesteps.astype(dtype)[:, None] * freqs[None, :]
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
     if embedding_dim % 2 == 1:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))
@@ -162,7 +174,7 @@ class NIN(nn.Module):
 
 
 def group_norm(x: Array, num_groups: int = 32) -> Array:
-    """``nn.GroupNorm`` (eps 1e-6) of x, statistics in float32, output in x's dtype (call
+    """``nn.GroupNorm`` (eps 1e-6) of x, statistics in full precision, output in x's dtype (call
     inside a compact module: it creates ``GroupNorm_i`` there)."""
     return nn.GroupNorm(num_groups=num_groups, dtype=x.dtype)(x)
 
@@ -173,12 +185,12 @@ def spatial_self_attention(x: Array, norm: Callable[[Array], Array],
 
     q, k, v = NIN(norm(x)); w = softmax_{(H', W')}(q·k / √C); out = NIN(Σ w v). Called from a
     compact module, so the NINs are ``NIN_0..3`` of that module (q, k, v, out). The products
-    run in x's dtype, the softmax in float32.
+    run in x's dtype, the softmax in its :func:`full_precision`.
     """
     b, h, w, c = x.shape
     hn = norm(x)
     q, k, v = NIN(c)(hn), NIN(c)(hn), NIN(c)(hn)
-    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).astype(jnp.float32) * (c**-0.5)
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).astype(full_precision(x.dtype)) * (c**-0.5)
     weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
     out = jnp.einsum("bhwHW,bHWc->bhwc", weights.astype(x.dtype), v)
     return NIN(c, init_scale=out_init_scale)(out)

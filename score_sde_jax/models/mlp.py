@@ -8,7 +8,8 @@ labels σ or integer SMLD indices; 'positional': sinusoidal embedding of the lab
 e.g. 999·t for VP), ``fourier_scale``, ``dropout``, ``scale_by_sigma`` (divide the output by σ,
 as NCSN++ on VE), optional ``conditional`` (default True) and ``init_scale`` (default 0: the
 last layer of every residual branch starts near zero), ``dtype`` (compute dtype of the dense
-layers, ``layers.get_dtype``; embeddings, layer-norm statistics and the output stay float32).
+layers, ``layers.get_dtype``; embeddings, layer-norm statistics and the output in its
+``layers.full_precision``).
 
 Block: h ← h + W₂ · drop(act(W₁ · act(LN(h)) + V · act(temb))), then out = W_o · act(LN(h)).
 The layer norms keep the network well-scaled for VE inputs whose size grows with σ.
@@ -24,7 +25,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from score_sde_jax.models import utils
-from score_sde_jax.models.layers import default_init, get_act, get_dtype, get_timestep_embedding
+from score_sde_jax.models.layers import (
+    default_init,
+    full_precision,
+    get_act,
+    get_dtype,
+    get_timestep_embedding,
+)
 from score_sde_jax.models.layerspp import GaussianFourierProjection
 from score_sde_jax.models.ncsnv2_layers import label_sigmas
 
@@ -44,7 +51,7 @@ class MLP(nn.Module):
             log_sigma = jnp.log(label_sigmas(labels, self.config))
             return GaussianFourierProjection(embedding_size=m.nf, scale=m.fourier_scale)(log_sigma)
         if kind == 'positional':
-            return get_timestep_embedding(labels.astype(jnp.float32), m.nf)
+            return get_timestep_embedding(labels, m.nf, dtype=full_precision(get_dtype(self.config)))
         raise ValueError(f"config.model.embedding_type={m.embedding_type!r}: expected 'fourier' "
                          "or 'positional'")
 
@@ -75,7 +82,7 @@ class MLP(nn.Module):
                 r = r + dense(nf)(act(temb))
             r = nn.Dropout(m.dropout, deterministic=not train)(act(r))
             h = h + dense(nf, m.get('init_scale', 0.0))(r)
-        out = dense(math.prod(x.shape[1:]))(act(norm(h))).astype(jnp.float32)
+        out = dense(math.prod(x.shape[1:]))(act(norm(h))).astype(full_precision(dtype))
 
         if m.scale_by_sigma:
             out = out / label_sigmas(labels, self.config)[:, None]

@@ -53,8 +53,9 @@ class NCSNpp(nn.Module):
 
     def _embed(self, labels: Array, act, dtype) -> tuple[Array | None, Array | None]:
         """Noise-level embedding (B, 4 nf) or None, and σ of each sample (or None). The
-        Fourier / sinusoidal features are float32, the two dense layers compute in ``dtype``."""
-        m = self.config.model
+        Fourier / sinusoidal features and σ are in full precision (float32, or float64 for a
+        float64 network), the two dense layers compute in ``dtype``."""
+        m, full = self.config.model, layers.full_precision(dtype)
         if _option(self.config, "embedding_type") == "fourier":
             # labels are σ; the projection sees log σ.
             used_sigmas = labels
@@ -64,9 +65,9 @@ class NCSNpp(nn.Module):
         else:
             used_sigmas = None
             if m.scale_by_sigma:
-                sigmas = jnp.asarray(layers.get_sigmas(self.config), jnp.float32)
+                sigmas = jnp.asarray(layers.get_sigmas(self.config), full)
                 used_sigmas = sigmas[labels.astype(jnp.int32)]
-            temb = layers.get_timestep_embedding(labels, m.nf)
+            temb = layers.get_timestep_embedding(labels, m.nf, dtype=full)
         if not m.conditional:
             return None, used_sigmas
         temb = layers.dense(temb, m.nf * 4, dtype)
@@ -190,7 +191,7 @@ class NCSNpp(nn.Module):
             h = act(group_norm(h))
             h = conv3x3(h, x.shape[-1], init_scale=init_scale)
 
-        h = h.astype(jnp.float32)
+        h = h.astype(layers.full_precision(dtype))
         if m.scale_by_sigma:
             if used_sigmas is None:
                 raise ValueError("config.model.scale_by_sigma needs sigmas")

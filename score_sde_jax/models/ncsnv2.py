@@ -13,8 +13,8 @@ Labels: an integer noise-level index into the descending σ table (discrete SMLD
 ``config.model.scale_by_sigma``, returns its output divided by σ_label — the score of a
 Gaussian-perturbed datum scales as 1/σ (NCSNv2 technique 3). Inputs in [0, 1] are mapped to
 [-1, 1] unless ``config.data.centered``. ``config.model.dtype`` is the compute dtype
-(``layers.get_dtype``); the output is float32. ``config.model.remat`` recomputes each backbone
-residual block in the backward pass.
+(``layers.get_dtype``); the output is in its ``layers.full_precision``.
+``config.model.remat`` recomputes each backbone residual block in the backward pass.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from typing import ClassVar
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from score_sde_jax.models import utils
-from score_sde_jax.models.layers import get_act, get_dtype, maybe_remat
+from score_sde_jax.models.layers import full_precision, get_act, get_dtype, maybe_remat
 from score_sde_jax.models.ncsnv2_layers import (
     ResidualBlock,
     get_normalization,
@@ -86,7 +85,7 @@ class _RefineNetScoreModel(nn.Module):
                       refine_norm=norm if self.conditional else None, act=act,
                       interpolation=config.model.interpolation,
                       residual_block=maybe_remat(ResidualBlock, config))
-        h = ncsn_conv(act(norm()(h, y)), x.shape[-1]).astype(jnp.float32)
+        h = ncsn_conv(act(norm()(h, y)), x.shape[-1]).astype(full_precision(get_dtype(config)))
         if config.model.scale_by_sigma:
             h = h / label_sigmas(labels, config).reshape((-1, 1, 1, 1))
         return h

@@ -8,8 +8,9 @@ conditional InstanceNorm++ and pools by averaging; NCSNv2 has no normalisation t
 
 Also here: the map from a network label to its noise level σ (index or value).
 
-Every layer computes in its input's dtype; the normalisations compute in float32 and return
-their input's dtype.
+Every layer computes in its input's dtype; the normalisations compute in its
+``layers.full_precision`` (float32, or float64 for a float64 network) and return their input's
+dtype.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax.models.layers import get_sigmas
+from score_sde_jax.models.layers import full_precision, get_dtype, get_sigmas
 
 Array = jax.Array
 NormFactory = Callable[[], nn.Module]
@@ -33,7 +34,7 @@ def label_sigmas(labels: Array, config) -> Array:
     """σ for each label, shape (B,): integer labels index the descending table
     ``layers.get_sigmas`` (σ_max first); float labels are already σ (continuous VE, label σ(t))."""
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        return jnp.asarray(get_sigmas(config), jnp.float32)[labels]
+        return jnp.asarray(get_sigmas(config), full_precision(get_dtype(config)))[labels]
     return labels
 
 
@@ -103,8 +104,8 @@ def _scale_init(key, shape, dtype=jnp.float32):
 def _instance_stats(x: Array) -> tuple[Array, Array]:
     """The instance-normalised x (per sample and channel over H, W) and the channel means μ
     (B, C) standardised over channels (the '++' term; unbiased variance over channels, as the
-    original NCSN code). Both float32."""
-    x = x.astype(jnp.float32)
+    original NCSN code). Both in x's ``full_precision``."""
+    x = x.astype(full_precision(x.dtype))
     means = jnp.mean(x, axis=(1, 2))
     h = (x - means[:, None, None, :]) / jnp.sqrt(jnp.var(x, axis=(1, 2), keepdims=True) + 1e-5)
     m = jnp.mean(means, axis=-1, keepdims=True)
