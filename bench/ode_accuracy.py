@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from common import conv_score, digits, machine, pf_drift, print_table, tiny_conv_model, to64, train_tiny  # noqa: E402
 from scipy import integrate  # noqa: E402
 
-from score_sde_jax import analytic, likelihood, sampling, sde_lib, step_control  # noqa: E402
+from score_sde_jax import analytic, likelihood, prng, sampling, sde_lib, step_control  # noqa: E402
 
 REF_TOL = 1e-8
 
@@ -107,7 +107,7 @@ def sampler_rows(name, sde, eps, score, params, shape, tols, rows):
 
 def likelihood_rows(name, sde, score, params, x, tols, rows, centered=True):
     eps, rng, dim, batch = 1e-5, jax.random.PRNGKey(0), int(np.prod(x.shape[1:])), x.shape[0]
-    probe = jax.random.rademacher(rng, x.shape).astype(x.dtype)  # what get_likelihood_fn draws
+    probe = prng.rademacher(rng, x.shape, x.dtype)  # what get_likelihood_fn draws
     offset = likelihood.bpd_offset(centered)
 
     def ours(tol, max_steps=4096, per_sample=False):

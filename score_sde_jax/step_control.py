@@ -55,15 +55,22 @@ class ScipyRK45Controller(diffrax.AbstractAdaptiveStepSizeController):
         return self
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        """Hairer's initial step unless ``dt0`` is given (two vector-field evaluations)."""
+        """Hairer's initial step unless ``dt0`` is given (two vector-field evaluations).
+
+        A solve from t0 > t1 runs in diffrax's negated time, where ``func`` is the vector field
+        of the original time and the sign is in the control, so the slope in solver time is
+        ``func`` times ``terms.contr(t, t + 1)`` (−1 backwards)."""
         if dt0 is None:
-            y, f0 = _flat(y0), func(terms, t0, y0, args)
+            def slope(t, y):
+                return terms.prod(func(terms, t, y, args), terms.contr(t, t + 1.0))
+
+            y, f0 = _flat(y0), slope(t0, y0)
             scale = self.atol + self.rtol * jnp.abs(y)
             d0, d1 = self.norm(y / scale), self.norm(_flat(f0) / scale)
             small = (d0 < 1e-5) | (d1 < 1e-5)
             h0 = jnp.minimum(jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)), t1 - t0)
             y1 = jax.tree.map(lambda a, b: a + h0 * b, y0, f0)
-            d2 = self.norm((_flat(func(terms, t0 + h0, y1, args)) - _flat(f0)) / scale) / h0
+            d2 = self.norm((_flat(slope(t0 + h0, y1)) - _flat(f0)) / scale) / h0
             top = jnp.maximum(d1, d2)
             h1 = jnp.where(top <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
                            (0.01 / jnp.maximum(top, 1e-15)) ** (1.0 / error_order))

@@ -2,6 +2,7 @@
 
 import functools
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from jax.experimental import io_callback
 from scipy import integrate
 
-from score_sde_jax import analytic, sampling, sde_lib
+from score_sde_jax import analytic, sampling, sde_lib, step_control
 
 GMM = analytic.default_mixture()
 N_SAMPLES = 4000
@@ -160,6 +161,24 @@ def test_get_sampling_fn_from_config():
     cfg.sampling.method = "magic"
     with pytest.raises(ValueError, match="unknown sampling method 'magic'.*'ode'"):
         sampling.get_sampling_fn(cfg, sde, (3, 2), 1e-3)
+
+
+@pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 1e-3)])
+def test_the_controller_takes_scipys_steps_forwards_and_backwards(t0, t1, x64):
+    """Every accepted step of Dopri5 + ScipyRK45Controller is scipy RK45's, from the initial
+    step on, on a nonlinear time-dependent field (backwards: the sampler's direction)."""
+    def field(t, y):
+        return 2.0 * jnp.sin(6.0 * t) * jnp.tanh(y) + jnp.cos(3.0 * y[::-1])  # bounded: no blow-up
+
+    y0, tol = jnp.array([0.3, -1.2, 2.0]), 1e-7
+    sol = integrate.solve_ivp(lambda t, y: np.asarray(field(t, jnp.asarray(y))), (t0, t1), np.asarray(y0),
+                              rtol=tol, atol=tol, method="RK45")
+    term = diffrax.ODETerm(lambda t, y, args: field(t, y))
+    ours = diffrax.diffeqsolve(term, diffrax.Dopri5(), t0, t1, None, y0, saveat=diffrax.SaveAt(steps=True),
+                               stepsize_controller=step_control.ScipyRK45Controller(tol, tol, 1.5))
+    ts = np.asarray(ours.ts)[np.isfinite(np.asarray(ours.ts))]
+    assert len(sol.t) > 10
+    np.testing.assert_allclose(ts, sol.t[1:], rtol=1e-8)
 
 
 def test_ode_sampler_as_accurate_as_scipy_rk45(x64):
