@@ -1,6 +1,8 @@
 """Denoising score matching objectives (SPEC §3).
 
-All losses are pure: ``loss(rng, fn, batch) -> scalar`` with ``batch`` of shape (B, *data_shape).
+All losses are pure: ``loss(rng, fn, batch) -> scalar`` with ``batch`` of shape (B, *data_shape);
+``rng`` is one key or one key per example (:mod:`prng`: example b's t and noise are then drawn
+from its own key alone).
 The continuous loss takes a ``score_fn(x, t)``; the discrete SMLD / DDPM losses take the raw
 network ``model_fn(x, labels)`` with integer step labels, as those models are trained.
 
@@ -19,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import sde_lib
+from score_sde_jax import prng, sde_lib
 
 Array = jax.Array
 LossFn = Callable[[Array, Callable[[Array, Array], Array], Array], Array]
@@ -45,9 +47,9 @@ def get_sde_loss_fn(
     """
 
     def loss_fn(rng: Array, score_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
-        rng_t, rng_z = jax.random.split(rng)
-        t = jax.random.uniform(rng_t, (batch.shape[0],), minval=eps, maxval=sde.T)
-        z = jax.random.normal(rng_z, batch.shape)
+        rng_t, rng_z = prng.split(rng)
+        t = prng.uniform(rng_t, (batch.shape[0],), minval=eps, maxval=sde.T)
+        z = prng.normal(rng_z, batch.shape)
         mean, std = sde.marginal_prob(batch, t)
         score = score_fn(mean + sde_lib.batch_mul(std, z), t)
         if likelihood_weighting:
@@ -68,10 +70,10 @@ def get_smld_loss_fn(vesde: sde_lib.VESDE, reduce_mean: bool = False) -> LossFn:
     sigmas = jnp.flip(vesde.discrete_sigmas)
 
     def loss_fn(rng: Array, model_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
-        rng_i, rng_z = jax.random.split(rng)
-        labels = jax.random.randint(rng_i, (batch.shape[0],), 0, vesde.N)
+        rng_i, rng_z = prng.split(rng)
+        labels = prng.randint(rng_i, (batch.shape[0],), 0, vesde.N)
         sigma = sigmas[labels]
-        noise = sde_lib.batch_mul(sigma, jax.random.normal(rng_z, batch.shape))
+        noise = sde_lib.batch_mul(sigma, prng.normal(rng_z, batch.shape))
         score = model_fn(batch + noise, labels)
         target = -sde_lib.batch_mul(1.0 / sigma**2, noise)
         return jnp.mean(_reduce((score - target) ** 2, reduce_mean) * sigma**2)
@@ -85,9 +87,9 @@ def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, reduce_mean: bool = True) -> LossFn:
         raise ValueError(f"the DDPM loss needs a VPSDE, got {type(vpsde).__name__}")
 
     def loss_fn(rng: Array, model_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
-        rng_i, rng_z = jax.random.split(rng)
-        labels = jax.random.randint(rng_i, (batch.shape[0],), 0, vpsde.N)
-        z = jax.random.normal(rng_z, batch.shape)
+        rng_i, rng_z = prng.split(rng)
+        labels = prng.randint(rng_i, (batch.shape[0],), 0, vpsde.N)
+        z = prng.normal(rng_z, batch.shape)
         perturbed = sde_lib.batch_mul(vpsde.sqrt_alphas_cumprod[labels], batch) + sde_lib.batch_mul(
             vpsde.sqrt_1m_alphas_cumprod[labels], z
         )

@@ -42,9 +42,14 @@ def normal(rng: Array, shape: Sequence[int], dtype=float) -> Array:
     return _draw(jax.random.normal, rng, shape, dtype)
 
 
-def uniform(rng: Array, shape: Sequence[int], dtype=float) -> Array:
-    """U[0, 1) of ``shape`` (one key, or one key per example of ``shape[0]``)."""
-    return _draw(jax.random.uniform, rng, shape, dtype)
+def uniform(rng: Array, shape: Sequence[int], dtype=float, minval=0.0, maxval=1.0) -> Array:
+    """U[minval, maxval) of ``shape`` (one key, or one key per example of ``shape[0]``)."""
+    return _draw(lambda k, s, d: jax.random.uniform(k, s, d, minval, maxval), rng, shape, dtype)
+
+
+def randint(rng: Array, shape: Sequence[int], minval: int, maxval: int) -> Array:
+    """Integers uniform in [minval, maxval) of ``shape`` (one key, or one per example)."""
+    return _draw(lambda k, s, d: jax.random.randint(k, s, minval, maxval), rng, shape, None)
 
 
 def rademacher(rng: Array, shape: Sequence[int], dtype=float) -> Array:

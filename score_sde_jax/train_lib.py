@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from score_sde_jax import datasets, losses, sde_lib
+from score_sde_jax import datasets, losses, prng, sde_lib
 from score_sde_jax.models import utils as mutils
 
 Array = jax.Array
@@ -114,7 +114,11 @@ def _score_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> Step
                          f"for vesde / vpsde, not config.training.sde={t.sde!r}")
 
     def loss(params: dict, rng: Array, batch: Batch) -> tuple[Array, dict]:
-        rng_loss, rng_dropout = jax.random.split(rng)
+        rng_loss, rng_dropout = prng.split(rng)
+        if prng.per_example(rng):  # one key per example: only without dropout (batched_loss)
+            if train and float(config.model.get("dropout", 0.0)):
+                raise ValueError("per-example keys for a batch need model.dropout = 0")
+            rng_dropout = rng_dropout[0]  # unused: no dropout
         variables = {"params": params}
         dropout = rng_dropout if train else None
         if continuous:
@@ -232,9 +236,21 @@ def abstract_train_state(config, sharding: jax.sharding.Sharding | None = None) 
                                   shapes)
 
 
-def summed_per_example(loss_fn: StepLoss) -> Callable[[dict, Array, Batch], tuple[Array, dict]]:
+def summed_per_example(loss_fn: StepLoss, batched: bool = False
+                       ) -> Callable[[dict, Array, Batch], tuple[Array, dict]]:
     """``(params, keys (b, 2), batch (b, ...)) -> (Σ_i loss_i, Σ_i aux_i)`` where loss_i is
-    ``loss_fn`` on example i alone (a batch of one) with key ``keys[i]``."""
+    ``loss_fn`` on example i alone (a batch of one) with key ``keys[i]``.
+
+    ``batched``: one call of ``loss_fn`` on the whole batch with the per-example keys, times b
+    (the same values when the loss draws example i's noise from ``keys[i]`` and the network
+    treats examples independently, as the score task without dropout: :func:`batched_loss`);
+    else ``vmap`` of batch-of-one calls (1.3× slower a step on CPU, BENCHMARKS.md §4)."""
+    if batched:
+        def whole(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
+            loss, aux = loss_fn(params, keys, batch)
+            return jax.tree_util.tree_map(lambda v: v * keys.shape[0], (loss, aux))
+
+        return whole
 
     def summed(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
         def one(key, example):
@@ -244,6 +260,13 @@ def summed_per_example(loss_fn: StepLoss) -> Callable[[dict, Array, Batch], tupl
         return jnp.sum(per_loss), jax.tree_util.tree_map(jnp.sum, per_aux)
 
     return summed
+
+
+def batched_loss(config) -> bool:
+    """True when the training loss can run on the whole batch with per-example keys (the score
+    task with ``model.dropout`` = 0): a dropout mask comes from one key for the whole batch,
+    so with dropout each example runs alone (:func:`summed_per_example`)."""
+    return config.training.get("task", "score") == "score" and not float(config.model.get("dropout", 0.0))
 
 
 def grad_accum_steps(config) -> int:
@@ -284,7 +307,8 @@ def get_train_step(config, mesh: Mesh | None = None
     sharded) before the update.
     """
     sde, _ = sde_lib.get_sde(config)
-    summed = summed_per_example(get_step_loss(config, sde, mutils.get_model(config), train=True))
+    summed = summed_per_example(get_step_loss(config, sde, mutils.get_model(config), train=True),
+                                batched_loss(config))
     grad_fn = jax.value_and_grad(summed, has_aux=True)
     tx, lr_fn = get_optimizer(config), learning_rate(config)
     scaler, ema_rate = datasets.get_data_scaler(config), float(config.model.ema_rate)

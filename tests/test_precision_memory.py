@@ -187,11 +187,12 @@ def _three_updates(config, devices):
     return jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("n_devices", [1, 8])
-def test_accumulating_four_microbatches_gives_the_full_batch_update(n_devices):
-    """grad_accum_steps=4 (microbatches of 16, sharded over the devices), dropout on: the
-    parameters, EMA and metrics of one full-batch update per step, after 3 updates."""
-    config = tiny_toy_config(**{"model.dropout": 0.3, "optim.warmup": 1})
+@pytest.mark.parametrize("n_devices, dropout", [(1, 0.3), (8, 0.3), (8, 0.0)])
+def test_accumulating_four_microbatches_gives_the_full_batch_update(n_devices, dropout):
+    """grad_accum_steps=4 (microbatches of 16, sharded over the devices), with dropout (each
+    example alone) and without (the batched loss): the parameters, EMA and metrics of one
+    full-batch update per step, after 3 updates."""
+    config = tiny_toy_config(**{"model.dropout": dropout, "optim.warmup": 1})
     devices = jax.devices()[:n_devices]
     full, full_metrics = _three_updates(config, devices)
     config.training.grad_accum_steps = 4
@@ -203,6 +204,31 @@ def test_accumulating_four_microbatches_gives_the_full_batch_update(n_devices):
     assert tree_rel(accum.params_ema, full.params_ema) < 1e-5
     np.testing.assert_allclose(accum_metrics["loss"], full_metrics["loss"], rtol=1e-5)
     np.testing.assert_allclose(accum_metrics["grad_norm"], full_metrics["grad_norm"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["dsm", "smld", "ddpm"])
+def test_the_batched_loss_equals_the_per_example_one(objective):
+    """Without dropout the train step runs the loss once on the batch with per-example keys
+    (train_lib.batched_loss); its value and gradient are those of the batch-of-one calls."""
+    overrides = {"dsm": {}, "smld": {"training.sde": "vesde", "training.continuous": False},
+                 "ddpm": {"training.continuous": False}}[objective]
+    config = tiny_toy_config(**overrides, **{"model.dropout": 0.0})
+    assert train_lib.batched_loss(config)
+    sde, _ = sde_lib.get_sde(config)
+    loss = train_lib.get_step_loss(config, sde, get_model(config), train=True)
+    params = train_lib.create_train_state(config, jax.random.PRNGKey(0)).params
+    keys = jax.random.split(jax.random.PRNGKey(1), 8)
+    batch = {"image": jax.random.normal(jax.random.PRNGKey(2), (8, 2)), "label": jnp.zeros(8, jnp.int32)}
+    (whole, _), g_whole = jax.jit(jax.value_and_grad(train_lib.summed_per_example(loss, True), has_aux=True))(
+        params, keys, batch)
+    (alone, _), g_alone = jax.jit(jax.value_and_grad(train_lib.summed_per_example(loss), has_aux=True))(
+        params, keys, batch)
+    np.testing.assert_allclose(whole, alone, rtol=1e-6)
+    assert tree_rel(g_whole, g_alone) < 1e-6 and float(whole) > 0
+    config.model.dropout = 0.1
+    assert not train_lib.batched_loss(config)
+    with pytest.raises(ValueError, match="per-example keys for a batch need model.dropout = 0"):
+        train_lib.get_step_loss(config, sde, get_model(config), train=True)(params, keys, batch)
 
 
 def test_accumulation_errors_name_the_key():
