@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 import jax
 import numpy as np
@@ -26,16 +27,27 @@ from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
 from score_sde_jax import train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
-CONFIGS = [  # (row name, config file); the first row is the baseline
-    ("tiny DDPM++ 16x16x1 (baseline)", "configs/tiny/tiny_ddpmpp.py"),
-    ("digits DDPM++ 8x8x1 (embedded default)", "configs/digits.py"),
-    ("DDPM++ cont. VP, CIFAR-10 32x32x3", "configs/vp_cifar10.py"),
+CONFIGS = [  # (row name, config file, each example alone); the first row is the baseline
+    ("tiny DDPM++ 16x16x1 (baseline)", "configs/tiny/tiny_ddpmpp.py", False),
+    ("digits DDPM++ 8x8x1 (embedded default)", "configs/digits.py", False),
+    ("  the same, each example alone (vmap)", "configs/digits.py", True),
+    ("DDPM++ cont. VP, CIFAR-10 32x32x3", "configs/vp_cifar10.py", False),
 ]
 
 
-def measure(config_path: str, batch: int, steps: int) -> dict:
+def measure(config_path: str, batch: int, steps: int, alone: bool = False) -> dict:
+    """``alone``: the loss as a vmap of batch-of-one calls (the path of models with dropout,
+    ``train_lib.summed_per_example``) instead of one batched call."""
     config = load_config(os.path.join(ROOT, config_path))
     config.training.batch_size = batch
+    if alone:
+        config.training.bench_alone = True  # another compiled step (train_lib.cached_jit)
+        with mock.patch.object(train_lib, "batched_loss", lambda config: False):
+            return measure_config(config, batch, steps)
+    return measure_config(config, batch, steps)
+
+
+def measure_config(config, batch: int, steps: int) -> dict:
     mesh = train_lib.make_mesh()
     train_lib.check_batch_size(batch, mesh)
     start = time.perf_counter()
@@ -56,7 +68,7 @@ def measure(config_path: str, batch: int, steps: int) -> dict:
         start = time.perf_counter()
         state, metrics = jax.block_until_ready(step(state, data))
         times.append(time.perf_counter() - start)
-    assert np.isfinite(float(metrics["loss"])), config_path
+    assert np.isfinite(float(metrics["loss"]))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     step_s = statistics.median(times)
     return {"params": n_params, "shape": mutils.data_shape(config), "init": init_s,
@@ -70,10 +82,10 @@ def main() -> None:
     parser.add_argument("--only", default="", help="keep configs whose name contains this")
     args = parser.parse_args()
     rows, baseline = [], None
-    for name, path in CONFIGS:
+    for name, path, alone in CONFIGS:
         if args.only.lower() not in name.lower() and baseline is not None:
             continue
-        r = measure(path, args.batch, args.steps)
+        r = measure(path, args.batch, args.steps, alone)
         baseline = baseline or r["ips"]
         rows.append([name, f"{r['params'] / 1e6:.2f}M", "x".join(map(str, r["shape"])), args.batch,
                      f"{r['init']:.1f}", f"{r['compile']:.1f}", f"{r['step'] * 1e3:.0f}",

@@ -5,7 +5,9 @@ per-pixel bias b of the network's noise prediction shifts the data prediction by
 need a better trained network than the PC sampler (whose noise forgets such errors): the
 300-step demo model gave them saturated noise. configs/digits.py, trained here as `make demo`
 trains it (600 of the demo's 800 steps), must give deterministic samples as close to the test
-digits as PC's.
+digits as PC's. The probability-flow samplers here are the two few-step ones (Heun, DPM-Solver);
+the adaptive ODE sampler (~500 NFE on this model, the costliest) is measured by ``make demo``
+and checked on the exact score below.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ def trained_digits(tmp_path_factory):
 def test_deterministic_samplers_are_as_close_to_the_test_digits_as_pc(trained_digits):
     config, params = trained_digits
     test = demo_train.held_out_digits(config)
-    samplers = {k: demo_train.DIGITS_SAMPLERS[k] for k in ("pc", "ode", "dpm_solver")}
+    samplers = {k: demo_train.DIGITS_SAMPLERS[k] for k in ("pc", "heun", "dpm_solver")}
     judge = demo_train.Judge(config, N, samplers)
     res = demo_train.sampler_distances(judge, params, test, N)
     floor = demo_train.sliced_w2(test[N:], test, N)
     sw = {name: v[0] for name, v in res.items()}
     assert sw["pc"] < 2 * floor, (sw, floor)
-    assert sw["ode"] < 1.5 * sw["pc"] and sw["dpm_solver"] < 1.5 * sw["pc"], (sw, floor)
+    assert sw["heun"] < 1.5 * sw["pc"] and sw["dpm_solver"] < 1.5 * sw["pc"], (sw, floor)
     for name, (_, _, x) in res.items():  # not saturated: nearly all pixels in the data range
         assert np.percentile(x, 1) > -0.5 and np.percentile(x, 99) < 1.5, (name, x.min(), x.max())
 
