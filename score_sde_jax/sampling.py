@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import fast_sampling, prng, sde_lib, step_control
+from score_sde_jax import fast_sampling, prng, sde_lib
 from score_sde_jax.interpolation import INTERPOLATIONS, lerp, slerp  # noqa: F401 (the encoder's API)
 from score_sde_jax.sde_lib import batch_mul, step_index
+from score_sde_jax.step_control import DEFAULT_SOLVER, SOLVERS, solve_ode
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -242,45 +242,6 @@ def predictor_corrector_fns(
 
 
 # --------------------------------------------------------------------------- the ODE sampler
-SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun}
-# Dopri5 is scipy's RK45 pair, the official code's solver; at equal rtol/atol it took fewer
-# steps than Tsit5 on the PF-ODEs of bench/ode_likelihood.py and bench/sampler_overhead.py.
-DEFAULT_SOLVER = "dopri5"
-# Vector-field evaluations per attempted step (FSAL saves one of the 7 stages of Tsit5 and
-# Dopri5) and at start-up (Hairer's initial step: 2; the first FSAL value: 1).
-# tests/test_sampling.py counts them.
-_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
-_EVALS_AT_START = {"tsit5": 3, "dopri5": 3, "heun": 2}
-# Local error estimates relative to scipy's RK45 (step_control): diffrax's Dopri5 estimate is ⅔
-# of scipy's, so ×1.5 gives the official solver's steps. Tsit5 and Heun have no scipy twin.
-_ERROR_SCALE = {"tsit5": 1.0, "dopri5": 1.5, "heun": 1.0}
-
-
-def solve_ode(
-    vector_field: Callable, y0, t0: float, t1: float, rtol: float, atol: float, solver: str,
-    max_steps: int = 4096,
-):
-    """Integrate dy/dt = vector_field(t, y) from t0 to t1 adaptively; returns (y(t1), nfe).
-
-    The one home of the adaptive step control of the ODE sampler, the likelihood and the
-    encoder: scipy's RK45 rule and error estimate (:mod:`step_control`), so Dopri5 takes the
-    official solver's steps at the same rtol/atol (and is as accurate; BENCHMARKS.md §7).
-    """
-    solver_cls = _lookup(SOLVERS, solver, "solver")
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
-        solver_cls(),
-        t0=t0,
-        t1=t1,
-        dt0=None,
-        y0=y0,
-        stepsize_controller=step_control.ScipyRK45Controller(rtol, atol, _ERROR_SCALE[solver]),
-        max_steps=max_steps,
-    )
-    nfe = _EVALS_AT_START[solver] + _EVALS_PER_STEP[solver] * sol.stats["num_steps"]
-    return jax.tree.map(lambda y: y[-1], sol.ys), nfe
-
-
 def _pf_vector_field(sde: sde_lib.SDE, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
     """``vf(t, x) = f(x, t) − ½ g(t)² s(x, t)``, the probability-flow drift of a batch x (B, *D)
     at a scalar time t, in diffrax's argument order."""

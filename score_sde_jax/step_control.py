@@ -1,4 +1,6 @@
-"""scipy's RK45 step-size rule as a diffrax controller: the official ODE solves' steps, compiled.
+"""Adaptive ODE solves (:func:`solve_ode`, the one home of the ODE sampler's, the likelihood's
+and the encoder's integration) with scipy's RK45 step-size rule as a diffrax controller: the
+official ODE solves' steps, compiled.
 
 The official sampler and likelihood call ``scipy.integrate.solve_ivp(method='RK45')``. Three
 things make diffrax's ``PIDController`` + ``Dopri5`` take other steps at the same rtol/atol,
@@ -93,3 +95,44 @@ class ScipyRK45Controller(diffrax.AbstractAdaptiveStepSizeController):
         next_t0 = jnp.where(keep, t1, t0)
         next_t1 = next_t0 + (t1 - t0) * factor.astype(jnp.result_type(t1 - t0))
         return keep, next_t0, next_t1, False, ~keep, diffrax.RESULTS.successful
+
+
+SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun}
+# Dopri5 is scipy's RK45 pair, the official code's solver; at equal rtol/atol it took fewer
+# steps than Tsit5 on the PF-ODEs of bench/ode_likelihood.py and bench/sampler_overhead.py.
+DEFAULT_SOLVER = "dopri5"
+# Vector-field evaluations per attempted step (FSAL saves one of the 7 stages of Tsit5 and
+# Dopri5) and at start-up (Hairer's initial step: 2; the first FSAL value: 1).
+# tests/test_sampling.py counts them.
+_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
+_EVALS_AT_START = {"tsit5": 3, "dopri5": 3, "heun": 2}
+# Local error estimates relative to scipy's RK45 (step_control): diffrax's Dopri5 estimate is ⅔
+# of scipy's, so ×1.5 gives the official solver's steps. Tsit5 and Heun have no scipy twin.
+_ERROR_SCALE = {"tsit5": 1.0, "dopri5": 1.5, "heun": 1.0}
+
+
+def solve_ode(
+    vector_field: Callable, y0, t0: float, t1: float, rtol: float, atol: float, solver: str,
+    max_steps: int = 4096,
+):
+    """Integrate dy/dt = vector_field(t, y) from t0 to t1 adaptively; returns (y(t1), nfe).
+
+    The one home of the adaptive step control of the ODE sampler, the likelihood and the
+    encoder: scipy's RK45 rule and error estimate (:class:`ScipyRK45Controller`), so Dopri5 takes the
+    official solver's steps at the same rtol/atol (and is as accurate; BENCHMARKS.md §7).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid solvers: {sorted(SOLVERS)}")
+    solver_cls = SOLVERS[solver]
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
+        solver_cls(),
+        t0=t0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        stepsize_controller=ScipyRK45Controller(rtol, atol, _ERROR_SCALE[solver]),
+        max_steps=max_steps,
+    )
+    nfe = _EVALS_AT_START[solver] + _EVALS_PER_STEP[solver] * sol.stats["num_steps"]
+    return jax.tree.map(lambda y: y[-1], sol.ys), nfe

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
     sys.path.insert(0, str(ROOT))
 
-from score_sde_jax import likelihood, sampling, sde_lib  # noqa: E402
+from score_sde_jax import likelihood, sampling, sde_lib, step_control  # noqa: E402
 from score_sde_jax.models import utils  # noqa: E402
 
 HELPER_FILES = {'common.py', '__init__.py'}
@@ -110,7 +110,7 @@ def test_config_has_the_keys_the_project_reads(name):
     assert config.sampling.method in sampling.SAMPLING_METHODS
     assert config.sampling.predictor in sampling.PREDICTORS
     assert config.sampling.corrector in sampling.CORRECTORS
-    assert config.sampling.solver in sampling.SOLVERS
+    assert config.sampling.solver in step_control.SOLVERS
     assert config.eval.hutchinson_type in likelihood.HUTCHINSON_TYPES
     assert utils.get_model(config).config is config
 

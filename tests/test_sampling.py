@@ -83,7 +83,7 @@ def test_ode_is_deterministic_map_of_prior_and_invertible():
     x2, _ = ode(jax.random.PRNGKey(9), score, z=z)
     np.testing.assert_array_equal(x, x2)
     rsde = sde.reverse(score, probability_flow=True)
-    back, _ = sampling.solve_ode(lambda t, y: rsde.sde(y, jnp.full((8,), t))[0], x, 1e-3, 1.0,
+    back, _ = step_control.solve_ode(lambda t, y: rsde.sde(y, jnp.full((8,), t))[0], x, 1e-3, 1.0,
                                  1e-6, 1e-6, "tsit5")
     np.testing.assert_allclose(back, z, atol=2e-3)
 

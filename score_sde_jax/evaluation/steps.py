@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from score_sde_jax import datasets, likelihood, prng, sampling, sde_lib, train_lib
+from score_sde_jax import datasets, likelihood, prng, sampling, sde_lib, step_control, train_lib
 from score_sde_jax.evaluation import inception as inception_lib
 from score_sde_jax.evaluation.sharding import jit_batch
 from score_sde_jax.models import utils as mutils
@@ -134,7 +134,7 @@ def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], me
     lik = likelihood.get_likelihood_fn(
         sde, hutchinson_type=ev.get("hutchinson_type", "rademacher"),
         rtol=ev.get("likelihood_rtol", 1e-5), atol=ev.get("likelihood_atol", 1e-5),
-        eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", sampling.DEFAULT_SOLVER),
+        eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", step_control.DEFAULT_SOLVER),
         per_sample=ev.get("likelihood_per_sample", True))
     scaler = datasets.get_data_scaler(config)
     dim = math.prod(mutils.data_shape(config))
