@@ -30,7 +30,7 @@ from score_sde_jax.models import utils as mutils  # noqa: E402
 CONFIGS = [  # (row name, config file, each example alone); the first row is the baseline
     ("tiny DDPM++ 16x16x1 (baseline)", "configs/tiny/tiny_ddpmpp.py", False),
     ("digits DDPM++ 8x8x1 (embedded default)", "configs/digits.py", False),
-    ("  the same, each example alone (vmap)", "configs/digits.py", True),
+    ("digits DDPM++ 8x8x1, each example alone (vmap)", "configs/digits.py", True),
     ("DDPM++ cont. VP, CIFAR-10 32x32x3", "configs/vp_cifar10.py", False),
 ]
 
