@@ -244,7 +244,7 @@ def summed_per_example(loss_fn: StepLoss, batched: bool = False
     ``batched``: one call of ``loss_fn`` on the whole batch with the per-example keys, times b
     (the same values when the loss draws example i's noise from ``keys[i]`` and the network
     treats examples independently, as the score task without dropout: :func:`batched_loss`);
-    else ``vmap`` of batch-of-one calls (1.3× slower a step on CPU, BENCHMARKS.md §4)."""
+    else ``vmap`` of batch-of-one calls (1.17× slower a step on CPU, BENCHMARKS.md §4)."""
     if batched:
         def whole(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
             loss, aux = loss_fn(params, keys, batch)
