@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from score_sde_jax import fast_sampling, prng, sde_lib
 from score_sde_jax.interpolation import INTERPOLATIONS, lerp, slerp  # noqa: F401 (the encoder's API)
 from score_sde_jax.sde_lib import batch_mul, step_index
-from score_sde_jax.step_control import DEFAULT_SOLVER, SOLVERS, solve_ode
+from score_sde_jax.step_control import DEFAULT_SOLVER, check_solver, solve_ode
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -272,7 +272,7 @@ def get_ode_sampler(
     The whole batch is one ODE state (one step size), as in the official sampler. ``denoise``
     adds one reverse-diffusion step at ε without noise (one more NFE).
     """
-    _lookup(SOLVERS, solver, "solver")
+    check_solver(solver)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
@@ -314,7 +314,7 @@ def get_ode_encoder(
     would not be unique to the image. Per sample, z[i] is a function of x[i] alone (the latent
     the per-sample likelihood returns for it, to tolerance) and its NFE is its own.
     """
-    _lookup(SOLVERS, solver, "solver")
+    check_solver(solver)
     shape = tuple(shape)
 
     def encode(score_fn: ScoreFn, x: Array) -> tuple[Array, Array]:

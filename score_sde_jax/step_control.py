@@ -106,9 +106,16 @@ DEFAULT_SOLVER = "dopri5"
 # tests/test_sampling.py counts them.
 _EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
 _EVALS_AT_START = {"tsit5": 3, "dopri5": 3, "heun": 2}
-# Local error estimates relative to scipy's RK45 (step_control): diffrax's Dopri5 estimate is ⅔
+# Local error estimates relative to scipy's RK45 (ScipyRK45Controller): diffrax's Dopri5 estimate is ⅔
 # of scipy's, so ×1.5 gives the official solver's steps. Tsit5 and Heun have no scipy twin.
 _ERROR_SCALE = {"tsit5": 1.0, "dopri5": 1.5, "heun": 1.0}
+
+
+def check_solver(solver: str) -> str:
+    """``solver`` if it names an entry of :data:`SOLVERS`, else a ValueError listing them."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid solvers: {sorted(SOLVERS)}")
+    return solver
 
 
 def solve_ode(
@@ -121,12 +128,9 @@ def solve_ode(
     encoder: scipy's RK45 rule and error estimate (:class:`ScipyRK45Controller`), so Dopri5 takes the
     official solver's steps at the same rtol/atol (and is as accurate; BENCHMARKS.md §7).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; valid solvers: {sorted(SOLVERS)}")
-    solver_cls = SOLVERS[solver]
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
-        solver_cls(),
+        SOLVERS[check_solver(solver)](),
         t0=t0,
         t1=t1,
         dt0=None,
