@@ -116,7 +116,7 @@ def _score_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> Step
     def loss(params: dict, rng: Array, batch: Batch) -> tuple[Array, dict]:
         rng_loss, rng_dropout = prng.split(rng)
         if prng.per_example(rng):  # one key per example: only without dropout (batched_loss)
-            if train and float(config.model.get("dropout", 0.0)):
+            if train and not batched_loss(config):
                 raise ValueError("per-example keys for a batch need model.dropout = 0")
             rng_dropout = rng_dropout[0]  # unused: no dropout
         variables = {"params": params}
