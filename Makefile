@@ -23,8 +23,8 @@ lint: $(STAMP)
 # (2-D mixture + MLP, then 8x8 digits + DDPM++): loss and sample quality, untrained vs trained.
 DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python -m score_sde_jax.demo_exact --out runs/demo/exact_samplers.png
-	$(BIN)/python -m score_sde_jax.demo_train --workdir runs/demo $(DEMO_ARGS)
+	$(BIN)/python -m score_sde_jax.demos.exact --out runs/demo/exact_samplers.png
+	$(BIN)/python -m score_sde_jax.demos.train --workdir runs/demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

@@ -150,7 +150,7 @@ def _parse(argv: list[str]) -> None:
 
 
 def run(config, workdir: str, mode: str) -> None:
-    from score_sde_jax import logging_utils, run_lib
+    from score_sde_jax import evaluation, logging_utils
 
     if FLAGS.distributed:
         import jax
@@ -160,7 +160,7 @@ def run(config, workdir: str, mode: str) -> None:
     if mode == "train":
         _train(config, workdir)
     elif mode == "eval":
-        run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+        evaluation.evaluate(config, workdir, FLAGS.eval_folder)
     elif mode in ("encode", "interpolate"):
         print("wrote " + " and ".join(str(p) for p in _latents(config, workdir, mode).values() if p))
     else:
@@ -193,7 +193,7 @@ def _train(config, workdir: str) -> None:
 
 def _sample(config, workdir: str) -> dict:
     """Plain, inpainting, colorization or class-conditional sampling, as the flags ask."""
-    from score_sde_jax import controllable_cli, run_lib
+    from score_sde_jax import inference
 
     num = FLAGS.num_samples or int(config.eval.batch_size)  # num_samples >= 1 (lower_bound)
     out = FLAGS.sample_dir or os.path.join(workdir, "samples")
@@ -206,35 +206,33 @@ def _sample(config, workdir: str) -> dict:
     if FLAGS.inpaint_image is not None:
         if FLAGS.inpaint_mask is None:
             raise ValueError("--inpaint_image needs --inpaint_mask")
-        return controllable_cli.inpaint(config, workdir, FLAGS.inpaint_image, FLAGS.inpaint_mask, out,
+        return inference.inpaint(config, workdir, FLAGS.inpaint_image, FLAGS.inpaint_mask, out,
                                         step=FLAGS.step, num_samples=FLAGS.num_samples)
     if FLAGS.colorize_image is not None:
-        return controllable_cli.colorize(config, workdir, FLAGS.colorize_image, out, step=FLAGS.step,
+        return inference.colorize(config, workdir, FLAGS.colorize_image, out, step=FLAGS.step,
                                          num_samples=FLAGS.num_samples)
     if FLAGS.class_label is not None:
         if FLAGS.classifier_workdir is None:
             raise ValueError("--class_label needs --classifier_workdir")
-        return controllable_cli.sample_class(
+        return inference.sample_class(
             config, workdir, FLAGS.classifier_workdir, FLAGS.class_label, FLAGS.guidance_scale, out,
             num_samples=num, classifier_config=FLAGS.classifier_config, step=FLAGS.step)
     if FLAGS.seeds is not None:
-        from score_sde_jax.evaluation import loops
-
-        return run_lib.sample(config, workdir, None, out, step=FLAGS.step,
-                              seeds=loops.parse_seeds(FLAGS.seeds))
-    return run_lib.sample(config, workdir, num, out, step=FLAGS.step)
+        return inference.sample(config, workdir, None, out, step=FLAGS.step,
+                                seeds=inference.parse_seeds(FLAGS.seeds))
+    return inference.sample(config, workdir, num, out, step=FLAGS.step)
 
 
 def _latents(config, workdir: str, mode: str) -> dict:
-    """Encode images, or interpolate between two (score_sde_jax/latents_cli.py)."""
-    from score_sde_jax import latents_cli
+    """Encode images, or interpolate between two (score_sde_jax/inference/latents.py)."""
+    from score_sde_jax import inference
 
     if not FLAGS.images:
         raise ValueError(f"--mode={mode} needs --images")
     out = FLAGS.sample_dir or os.path.join(workdir, "latents")
     if mode == "encode":
-        return latents_cli.encode(config, workdir, FLAGS.images, out, step=FLAGS.step)
-    return latents_cli.interpolate(config, workdir, FLAGS.images, FLAGS.num, out, step=FLAGS.step,
+        return inference.encode(config, workdir, FLAGS.images, out, step=FLAGS.step)
+    return inference.interpolate(config, workdir, FLAGS.images, FLAGS.num, out, step=FLAGS.step,
                                    method=FLAGS.interpolation)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, digits, load_config, machine, print_table  # noqa: E402
-from score_sde_jax import sde_lib, train_lib  # noqa: E402
+from score_sde_jax import losses, sde_lib, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import get_model  # noqa: E402
 
 
@@ -37,17 +37,17 @@ def config_for(dtype: str):
 
 def train(config, steps: int, seed: int) -> tuple[train_lib.TrainState, float]:
     """(state after ``steps`` updates, seconds per update after the first)."""
-    mesh = train_lib.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     data = np.asarray(digits("train", size=config.data.image_size, centered=False))
     order = np.random.default_rng(seed)
-    state = train_lib.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(seed)), mesh)
+    state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(seed)), mesh)
     step = train_lib.compile_train_step(config, mesh)
     b = config.training.batch_size
     start = None
     for i in range(steps):
         idx = order.integers(0, len(data), b)
         batch = {"image": data[idx], "label": np.zeros(b, np.int32)}
-        state, metrics = step(state, train_lib.make_global_batch(batch, mesh))
+        state, metrics = step(state, sharding.make_global_batch(batch, mesh))
         if i == 0:
             jax.block_until_ready(metrics)
             start = time.perf_counter()
@@ -57,7 +57,7 @@ def train(config, steps: int, seed: int) -> tuple[train_lib.TrainState, float]:
 
 def held_out_loss(config, params, repeats: int) -> float:
     sde, _ = sde_lib.get_sde(config)
-    loss_fn = train_lib.get_step_loss(config, sde, get_model(config), train=False)
+    loss_fn = losses.get_step_loss(config, sde, get_model(config), train=False)
     x = 2.0 * digits("test", size=config.data.image_size, centered=False) - 1.0  # data scaler
 
     @jax.jit

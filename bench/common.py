@@ -23,7 +23,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from score_sde_jax import sde_lib  # noqa: E402
-from score_sde_jax.convert import load_config  # noqa: E402
+from score_sde_jax.cli import load_config  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 TINY_CONFIG = "configs/tiny/tiny_ddpmpp.py"

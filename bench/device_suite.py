@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(BENCH))
 from common import ROOT, load_config, machine, print_table  # noqa: E402
 from ode_likelihood import scipy_likelihood  # noqa: E402
 
-from score_sde_jax import likelihood, sampling, sde_lib, train_lib  # noqa: E402
+from score_sde_jax import likelihood, sampling, sde_lib, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 SMOKE = os.environ.get("DEVICE_SUITE_SMOKE", "") == "1"
@@ -79,15 +79,15 @@ def best(fn, repeats: int) -> float:
 
 
 def part_train(out: str) -> None:
-    mesh = train_lib.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     b, steps = SIZES["train_batch"], SIZES["steps"]
     host_state = jax.device_get(train_lib.create_train_state(config_for(), jax.random.PRNGKey(0)))
     shape = mutils.data_shape(config_for())
     images = np.random.default_rng(0).uniform(size=(b, *shape)).astype(np.float32)
-    batch = train_lib.make_global_batch({"image": images, "label": np.zeros(b, np.int32)}, mesh)
+    batch = sharding.make_global_batch({"image": images, "label": np.zeros(b, np.int32)}, mesh)
     for name, dtype, remat in VARIANTS:
         config = config_for(dtype, remat)
-        state = train_lib.replicate(host_state, mesh)  # same parameters for every variant
+        state = sharding.replicate(host_state, mesh)  # same parameters for every variant
         start = time.perf_counter()
         step = train_lib.compile_train_step(config, mesh).lower(state, batch).compile()
         compile_s = time.perf_counter() - start

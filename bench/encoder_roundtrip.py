@@ -28,9 +28,9 @@ import numpy as np
 from common import digits, machine, print_table, tiny_conv_model, train_tiny
 
 from score_sde_jax import analytic, datasets, sampling, sde_lib
-from score_sde_jax.convert import load_config
-from score_sde_jax.evaluation.loops import load_ema_params
-from score_sde_jax.evaluation.steps import score_fn_builder
+from score_sde_jax.checkpoints import load_ema_params
+from score_sde_jax.cli import load_config
+from score_sde_jax.eval_lib import score_fn_builder
 
 
 def round_trip(sde, eps, score, params, x, tol):

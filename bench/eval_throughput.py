@@ -29,8 +29,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
-from score_sde_jax import sde_lib, train_lib  # noqa: E402
-from score_sde_jax.evaluation import sharding, steps  # noqa: E402
+from score_sde_jax import (  # noqa: E402
+    eval_lib,
+    sde_lib,
+    sharding,  # noqa: E402,
+    train_lib,
+)
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 
@@ -45,18 +49,18 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
 
 
 def measure(config, n: int, batch: int, repeats: int) -> dict:
-    mesh = train_lib.make_mesh(jax.devices()[:n])
-    sharding.check_batch(batch, mesh, "--batch")
+    mesh = sharding.make_mesh(jax.devices()[:n])
+    sharding.check_batch_size(batch, mesh, "--batch")
     sde, eps = sde_lib.get_sde(config)
-    build = steps.score_fn_builder(config, sde)
+    build = eval_lib.score_fn_builder(config, sde)
     state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
     params = sharding.replicate(state.params_ema, mesh)
     key = jax.random.PRNGKey(1)
     indices = sharding.global_array(np.arange(batch), mesh)
-    sample_fn = steps.get_sample_fn(config, sde, build, batch, eps, mesh)
+    sample_fn = eval_lib.get_sample_fn(config, sde, build, batch, eps, mesh)
     sample_s, (x, _) = median_time(lambda: sample_fn(params, key, indices), repeats)
     data = np.random.default_rng(0).integers(0, 256, (batch, *mutils.data_shape(config))) / 255.0
-    bpd_fn = steps.get_bpd_fn(config, sde, build, mesh)
+    bpd_fn = eval_lib.get_bpd_fn(config, sde, build, mesh)
     images = sharding.global_array(data.astype(np.float32), mesh)
     bpd_s, _ = median_time(lambda: bpd_fn(params, key, indices, images), repeats)
     return {"sample_s": sample_s, "bpd_s": bpd_s, "x": np.asarray(x),

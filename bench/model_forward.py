@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from score_sde_jax.checkpoints_import import model_template  # noqa: E402
-from score_sde_jax.convert import load_config  # noqa: E402
+from score_sde_jax.checkpoints import model_template  # noqa: E402
+from score_sde_jax.cli import load_config  # noqa: E402
 from score_sde_jax.models import get_model  # noqa: E402
 from score_sde_jax.models import up_or_down_sampling as ud  # noqa: E402
 

@@ -17,7 +17,7 @@ prior draw):
 Methods, at each tolerance:
 
 - ``ours``: ``sampling.get_ode_sampler`` / ``likelihood.get_likelihood_fn`` (diffrax Dopri5 with
-  ``step_control.ScipyRK45Controller``; the batch one ODE state);
+  ``ode_solver.ScipyRK45Controller``; the batch one ODE state);
 - ``scipy RK45``: the official host loop, ``solve_ivp(method='RK45')`` on the flattened batch
   (the likelihood's drift and JVP divergence in one jitted call per evaluation);
 - ``ours per-sample`` (likelihood only): ``get_likelihood_fn(per_sample=True)``, one solve per
@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from common import conv_score, digits, machine, pf_drift, print_table, tiny_conv_model, to64, train_tiny  # noqa: E402
 from scipy import integrate  # noqa: E402
 
-from score_sde_jax import analytic, likelihood, prng, sampling, sde_lib, step_control  # noqa: E402
+from score_sde_jax import analytic, likelihood, ode_solver, prng, sampling, sde_lib  # noqa: E402
 
 REF_TOL = 1e-8
 
@@ -56,12 +56,12 @@ REF_TOL = 1e-8
 @contextlib.contextmanager
 def previous_default():
     """Trace solve_ode with the earlier controller, diffrax.PIDController(rtol, atol)."""
-    keep = step_control.ScipyRK45Controller
-    step_control.ScipyRK45Controller = lambda rtol, atol, _scale: diffrax.PIDController(rtol=rtol, atol=atol)
+    keep = ode_solver.ScipyRK45Controller
+    ode_solver.ScipyRK45Controller = lambda rtol, atol, _scale: diffrax.PIDController(rtol=rtol, atol=atol)
     try:
         yield
     finally:
-        step_control.ScipyRK45Controller = keep
+        ode_solver.ScipyRK45Controller = keep
 
 
 def wall(fn, *args):

@@ -8,7 +8,7 @@ Both integrate the augmented probability-flow ODE d[x, Δlogp]/dt = [f̃, ε̂�
 the Dormand–Prince 5(4) pair (scipy's RK45 = diffrax's Dopri5; Tsit5 shown too), in float32:
 
 - diffrax: ``likelihood.get_likelihood_fn`` — the batch one ODE state (as scipy's), with scipy's
-  step rule (``step_control.ScipyRK45Controller``: Dopri5 takes scipy's steps,
+  step rule (``ode_solver.ScipyRK45Controller``: Dopri5 takes scipy's steps,
   bench/ode_accuracy.py), the whole solve one jit-compiled XLA program (parameters passed as
   arguments), the drift and the divergence from one JVP;
 - scipy (as the official ``likelihood.py`` does it): ``scipy.integrate.solve_ivp(method='RK45')``

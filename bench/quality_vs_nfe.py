@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import machine, print_table
 
-from score_sde_jax import analytic, fast_sampling, sampling, sde_lib
+from score_sde_jax import analytic, sampling, sde_lib
 
 BUDGETS = (10, 20, 50, 100, 1000)
 SDES = {"vp": (sde_lib.VPSDE, 1e-3, 0.01), "ve": (sde_lib.VESDE, 1e-5, 0.16),
@@ -67,12 +67,12 @@ def pc1000(make_sde, shape, snr, eps):
 
 def dpm(sde, shape, steps, order, eps, label=None):
     """Row of DPM-Solver++(order M) with ``steps`` steps."""
-    return label or f"DPM-Solver++({order}M)", f"steps={steps}", fast_sampling.get_dpm_solver_sampler(
+    return label or f"DPM-Solver++({order}M)", f"steps={steps}", sampling.get_dpm_solver_sampler(
         sde, shape, steps, order, eps=eps)
 
 
 def heun(sde, shape, n, eps):
-    return "EDM Heun", f"N={n}", fast_sampling.get_heun_sampler(sde, shape, n, eps=eps)
+    return "EDM Heun", f"N={n}", sampling.get_heun_sampler(sde, shape, n, eps=eps)
 
 
 def samplers(make_sde, eps, snr, shape):
@@ -93,7 +93,7 @@ def samplers(make_sde, eps, snr, shape):
             yield dpm(sde, shape, nfe, order, eps)
     for rtol, atol in ((0.1, 0.05), (0.05, 0.0078), (0.01, 0.001)):
         yield "DPM-Solver++ adaptive", f"rtol={rtol:g} atol={atol:g}", \
-            fast_sampling.get_adaptive_dpm_solver_sampler(sde, shape, 3, rtol, atol, eps=eps)
+            sampling.get_adaptive_dpm_solver_sampler(sde, shape, 3, rtol, atol, eps=eps)
 
 
 def sw_draws(draw, refs, key) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
-from score_sde_jax import train_lib  # noqa: E402
+from score_sde_jax import sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 CONFIGS = [  # (row name, config file, each example alone); the first row is the baseline
@@ -48,17 +48,17 @@ def measure(config_path: str, batch: int, steps: int, alone: bool = False) -> di
 
 
 def measure_config(config, batch: int, steps: int) -> dict:
-    mesh = train_lib.make_mesh()
-    train_lib.check_batch_size(batch, mesh)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(batch, mesh)
     start = time.perf_counter()
     state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
     jax.block_until_ready(state)
     init_s = time.perf_counter() - start
-    state = train_lib.replicate(state, mesh)
+    state = sharding.replicate(state, mesh)
     rng = np.random.default_rng(0)
     local = {"image": rng.uniform(size=(batch // jax.process_count(), *mutils.data_shape(config)))
              .astype(np.float32), "label": np.zeros(batch // jax.process_count(), np.int32)}
-    data = train_lib.make_global_batch(local, mesh)
+    data = sharding.make_global_batch(local, mesh)
     step = train_lib.compile_train_step(config, mesh)
     start = time.perf_counter()
     state, metrics = jax.block_until_ready(step(state, data))

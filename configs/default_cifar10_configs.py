@@ -11,7 +11,7 @@ Keys beyond the official ones, read by this project:
   sampling.num_steps, order, skip_type, lower_order_final, adaptive, adaptive_rtol/atol, rho,
   s_churn, s_tmin, s_tmax, s_noise, sigma_min
                        the few-step samplers 'heun' (2·num_steps − 1 NFE) and 'dpm_solver'
-                       (num_steps NFE, + 1 with noise_removal); see score_sde_jax/fast_sampling.py.
+                       (num_steps NFE, + 1 with noise_removal); see score_sde_jax/sampling.py.
   sampling.temperature τ: the ode, heun and dpm_solver samplers start from τ · (a prior draw).
   eval.inception_path  local Inception-v3 weight file for FID / IS / KID ('' = not set).
   eval.ref_stats_path  cached Inception statistics of the data set ('' = under the eval dir).
@@ -60,6 +60,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = 'pc'
+    sampling.predictor = 'reverse_diffusion'
+    sampling.corrector = 'langevin'
     sampling.n_steps_each = 1
     sampling.noise_removal = True
     sampling.probability_flow = False
@@ -198,6 +200,8 @@ def set_ddpm_model(model: ml_collections.ConfigDict) -> None:
 def set_pc_sampling(sampling: ml_collections.ConfigDict, predictor: str, corrector: str) -> None:
     """Predictor-corrector sampling with the given predictor and corrector names."""
     sampling.method = 'pc'
+    sampling.predictor = 'reverse_diffusion'
+    sampling.corrector = 'langevin'
     sampling.predictor = predictor
     sampling.corrector = corrector
 

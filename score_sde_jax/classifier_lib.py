@@ -6,7 +6,8 @@
   log p_t(y | x), the input of :func:`controllable_generation.get_guided_score_fn`.
 * :func:`mixture_class_logp_fn` -- the exact (Bayes) p_t(y = k | x) of a Gaussian mixture whose
   components are the classes: the component posterior of the perturbed mixture p_t.
-* the training task ``config.training.task = 'classifier'`` of :mod:`score_sde_jax.train_lib`.
+* :func:`get_classifier_step_loss` -- the training task ``config.training.task = 'classifier'``
+  (chosen by :func:`losses.get_step_loss`).
 
 Noise labels (:func:`noise_labels`) follow the continuous-time convention of the score networks
 (``models.get_score_fn``): σ(t) for the VE SDE (the official classifier embeds log σ), 999 t for
@@ -21,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import analytic, sde_lib, train_lib
+from score_sde_jax import analytic, sde_lib
 from score_sde_jax.models import utils as mutils
 from score_sde_jax.sde_lib import batch_mul
 
@@ -93,14 +94,14 @@ def mixture_class_logp_fn(mixture: analytic.GaussianMixture, sde: sde_lib.SDE) -
     return logp
 
 
-@train_lib.register_task("classifier")
-def classifier_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool):
-    """Training task 'classifier': ``loss(params, rng, batch) -> (cross-entropy, {'accuracy'})``.
+def get_classifier_step_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool):
+    """Training task 'classifier' (``losses.get_step_loss``): ``loss(params, rng, batch) ->
+    (cross-entropy, {'accuracy'})``.
 
     Reads ``batch['image']`` (scaled data, (B, *D)) and ``batch['label']`` (B,), and
-    ``config.training.eps`` (smallest t, default 1e-5).
+    ``config.training.eps`` (smallest t).
     """
-    loss_fn = get_classifier_loss_fn(sde, float(config.training.get("eps", 1e-5)))
+    loss_fn = get_classifier_loss_fn(sde, float(config.training.eps))
 
     def loss(params: dict, rng: Array, batch) -> tuple[Array, dict]:
         if "label" not in batch:

@@ -1,5 +1,5 @@
-"""What every command-line entry point shares: one-line errors and the persistent compilation
-cache.
+"""What every command-line entry point shares: one-line errors, loading a config file and the
+persistent compilation cache.
 
 ``run_cli(prog, fn)`` runs ``fn()`` and turns an expected failure (bad input: a missing or
 unreadable file, a bad config value, a checkpoint that does not fit) into one line on stderr,
@@ -16,6 +16,7 @@ sample`` or ``--mode eval`` of a trained config skips most of its compile time.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -63,6 +64,25 @@ def run_cli(prog: str, fn: Callable[[], T], expected: tuple[type[BaseException],
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         sys.exit(130)
+
+
+def load_config(path: str):
+    """``get_config()`` of a config file; the folder above its ``configs/`` goes on sys.path
+    (so that a config can import its defaults, as ``main.py --config`` allows)."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    parts = path.split(os.sep)
+    if "configs" in parts:
+        root = os.sep.join(parts[: len(parts) - 1 - parts[::-1].index("configs")])
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location("_loaded_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} has no get_config()")
+    return module.get_config()
 
 
 def default_cache_dir() -> Path | None:

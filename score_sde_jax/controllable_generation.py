@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import prng, sampling, sde_lib, step_control
+from score_sde_jax import ode_solver, prng, sampling, sde_lib
 from score_sde_jax.sde_lib import batch_mul
 
 Array = jax.Array
@@ -317,7 +317,7 @@ def get_ode_conditional_sampler(
     shape: tuple[int, ...],
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    solver: str = step_control.DEFAULT_SOLVER,
+    solver: str = ode_solver.DEFAULT_SOLVER,
     eps: float = 1e-3,
     denoise: bool = False,
 ) -> Callable[..., tuple[Array, Array]]:

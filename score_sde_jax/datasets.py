@@ -29,7 +29,7 @@ step, and a fixed set of ``data.toy_eval_size`` (10 000) points for evaluation.
 from __future__ import annotations
 
 import itertools
-import os
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -38,19 +38,11 @@ import jax
 import numpy as np
 
 from score_sde_jax.data import images as img
+from score_sde_jax.data.tfds import DatasetNotPreparedError, tfds_source  # noqa: F401
 from score_sde_jax.data.toy import get_toy_sampler
 
 Batch = dict[str, np.ndarray]
 
-# config.data.dataset -> (tfds name, training split, evaluation split) of the official code.
-TFDS_DATASETS = {
-    "CIFAR10": ("cifar10", "train", "test"),
-    "SVHN": ("svhn_cropped", "train", "test"),
-    "CELEBA": ("celeb_a", "train", "validation"),
-    "LSUN": ("lsun/{category}", "train", "validation"),
-    "MNIST": ("mnist", "train", "test"),
-    "CELEBAHQ": ("celeb_a_hq/1024", "train", "train"),
-}
 SOURCES = ("tfds", "npz", "folder", "digits", "toy")
 
 
@@ -68,10 +60,6 @@ def get_data_inverse_scaler(config) -> Callable:
     return lambda x: x
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-    """A tensorflow-datasets dataset is not prepared (in array_record format) in the data_dir."""
-
-
 class BatchIterator:
     """Iterator over batches; ``len()`` is defined for one-pass (evaluation) iterators.
 
@@ -80,7 +68,7 @@ class BatchIterator:
 
     def __init__(self, batches: Iterator[Batch], num_batches: int | None, prefetch: int = 0):
         self.num_batches = num_batches
-        self._batches = batches if prefetch <= 0 else _prefetch(batches, prefetch)
+        self._batches = batches if prefetch <= 0 else Prefetch(batches, prefetch)
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -94,26 +82,52 @@ class BatchIterator:
         return self.num_batches
 
 
-def _prefetch(batches: Iterator[Batch], size: int) -> Iterator[Batch]:
-    done = object()
-    buffer: queue.Queue = queue.Queue(maxsize=size)
+class Prefetch:
+    """An iterator that runs ``items`` in one background thread, ``depth`` items ahead; an
+    exception there is re-raised by ``next``. ``close()`` stops the thread (it may be blocked
+    in ``items`` until its next item is made)."""
 
-    def produce():
+    _DONE = object()
+
+    def __init__(self, items: Iterator, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator) -> None:
         try:
-            for batch in batches:
-                buffer.put(batch)
-            buffer.put(done)
-        except BaseException as e:  # noqa: B036 -- handed to the consumer, re-raised there
-            buffer.put(e)
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(self._DONE)
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, re-raised there
+            self._put(e)
 
-    threading.Thread(target=produce, daemon=True).start()
-    while True:
-        item = buffer.get()
-        if item is done:
-            return
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._DONE:
+            self._queue.put(item)
+            raise StopIteration
         if isinstance(item, BaseException):
             raise item
-        yield item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _local_batch_size(config, evaluation: bool, process_count: int) -> int:
@@ -125,50 +139,6 @@ def _local_batch_size(config, evaluation: bool, process_count: int) -> int:
     return size // process_count
 
 
-def _default_data_dir() -> str:
-    try:
-        from tensorflow_datasets.core import constants
-
-        return str(constants.get_default_data_dir())
-    except (ImportError, AttributeError):
-        return os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-
-
-def _tfds_source(config, split: str, resize: img.ResizeOp) -> img.MappedSource:
-    import tensorflow_datasets as tfds
-
-    data = config.data
-    dataset = str(data.dataset).upper()
-    default_name, train_split, eval_split = TFDS_DATASETS.get(dataset, ("", "train", "test"))
-    name = data.get("tfds_name", "") or default_name.format(category=data.get("category", ""))
-    if not name:
-        raise ValueError(f"config.data.tfds_name is not set and data.dataset={data.dataset!r} "
-                         "has no default tensorflow-datasets name")
-    tfds_split = train_split if split == "train" else eval_split
-    data_dir = data.get("data_dir", None) or None
-    try:
-        source = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False,
-                                  builder_kwargs={"file_format": "array_record"})
-        length = len(source)
-    except Exception as e:  # not found / not generated / wrong format: say how to prepare it
-        where = data_dir or _default_data_dir()
-        raise DatasetNotPreparedError(
-            f"tensorflow-datasets dataset '{name}' (split '{tfds_split}') is not prepared in "
-            f"config.data.data_dir={where!r} ({type(e).__name__}: {str(e)[:200]}). Prepare it "
-            "once in the array_record format -- this step needs TensorFlow, e.g. in a separate "
-            "environment: pip install tensorflow tensorflow-datasets && tfds build "
-            f"{name} --data_dir={where} --file_format=array_record (datasets with manual "
-            "downloads, such as celeb_a_hq, also need --manual_dir); then set "
-            "config.data.data_dir to that folder. Alternatively use data.source='npz' or "
-            "'folder' with config.data.path.") from e
-
-    def get(i: int) -> tuple[np.ndarray, int]:
-        record = source[i]
-        return np.asarray(record["image"]), int(record.get("label", 0))
-
-    return img.MappedSource(length, get, resize, data.num_channels, f"tfds {name}")
-
-
 def get_source(config, split: str):
     """The random-access image source of ``config.data.source`` for 'train' or 'test'."""
     data = config.data
@@ -176,7 +146,7 @@ def get_source(config, split: str):
     resize = img.get_resize_op(str(data.dataset), size)
     source = data.get("source", "tfds")
     if source == "tfds":
-        return _tfds_source(config, split, resize)
+        return tfds_source(config, split, resize)
     if source == "npz":
         return img.npz_source(data.get("path", ""), resize, size, channels)
     if source == "folder":
@@ -312,3 +282,44 @@ def check_data(config) -> None:
     for split in ("train", "test"):
         next(get_dataset(config, split, evaluation=False, prefetch=0))
 
+
+
+# ----------------------------------------------------------------------------- the training stream
+def segment_length(config) -> int:
+    """Steps between restarts of the training data stream."""
+    return math.gcd(int(config.training.snapshot_freq),
+                    int(config.training.snapshot_freq_for_preemption))
+
+
+def segment_seed(config, segment: int, salt: int = 0x5DE) -> int:
+    """The data seed of a segment: a hash of (config.seed, salt, segment)."""
+    return int(np.random.SeedSequence([int(config.seed), salt, segment]).generate_state(1)[0])
+
+
+def _restarted_stream(config, split: str, first: int, length: int, salt: int) -> Iterator[Batch]:
+    """Items first, first + 1, ... of a stream of ``split`` batches restarted every ``length``
+    items with the seed of the segment: item i is a function of (config, i) only."""
+    index = first
+    while True:
+        segment = index // length
+        it = get_dataset(config, split, evaluation=False, prefetch=0,
+                         seed=segment_seed(config, segment, salt), start=index - segment * length)
+        for _ in range((segment + 1) * length - index):
+            yield next(it)
+        index = (segment + 1) * length
+
+
+def local_batches(config, start: int) -> Iterator[Batch]:
+    """This process's training batches for the updates start, start + 1, ...: item s (the
+    batch of the update that turns step s into s + 1) is a deterministic function of (config,
+    s), from a stream restarted every :func:`segment_length` steps with :func:`segment_seed`, so
+    a run resumed at any step sees the batches of an uninterrupted one."""
+    return _restarted_stream(config, "train", start, segment_length(config), 0x5DE)
+
+
+def eval_batches(config, start: int) -> Iterator[Batch]:
+    """This process's test batches for the evaluations after step ``start`` (the e-th
+    evaluation, at step e * eval_freq, takes item e - 1 whatever step training resumed at)."""
+    freq = int(config.training.eval_freq)
+    return _restarted_stream(config, "test", start // freq,
+                             max(1, segment_length(config) // freq), 0xE7A)

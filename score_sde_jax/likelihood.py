@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde_jax import prng, sde_lib
+from score_sde_jax.ode_solver import DEFAULT_SOLVER, solve_ode
 from score_sde_jax.sde_lib import check_score_fn
-from score_sde_jax.step_control import DEFAULT_SOLVER, solve_ode
 
 Array = jax.Array
 HUTCHINSON_TYPES = ("gaussian", "rademacher", "exact")
@@ -44,7 +44,7 @@ def get_likelihood_fn(
 
     ``per_sample=False`` (the official way): the batch is one ODE state with one step-size
     sequence, so the steps and the accuracy at a given rtol/atol are scipy RK45's
-    (:func:`step_control.solve_ode`; BENCHMARKS.md §7). ``per_sample=True``: one solve per sample
+    (:func:`ode_solver.solve_ode`; BENCHMARKS.md §7). ``per_sample=True``: one solve per sample
     (``vmap``), each result independent of the rest of the batch; at equal tolerance a lower
     worst-sample error but a 1.2–5× larger mean error than the official solve.
     """

@@ -1,6 +1,6 @@
-"""What the training loop writes for people: TensorBoard event files, a JSON-lines metrics file,
-PNG sample grids (via :mod:`score_sde_jax.evaluation.files`), progress (a bar in a terminal,
-periodic lines in a log file), and a line around every compilation.
+"""What the loops tell people: TensorBoard event files, a JSON-lines metrics file, progress (a
+bar in a terminal, periodic lines in a log file), a line around every compilation, and the
+title of a picture of samples.
 
 Only process 0 writes; on the other processes every writer is a no-op.
 """
@@ -21,8 +21,6 @@ from typing import TypeVar
 import jax
 import numpy as np
 import tqdm
-
-from score_sde_jax.evaluation import files
 
 T = TypeVar("T")
 METRICS_FILE = "metrics.jsonl"
@@ -244,20 +242,6 @@ class _TqdmHandler(logging.StreamHandler):
             tqdm.tqdm.write(self.format(record), file=self.stream)
         except Exception:  # noqa: BLE001 -- logging must never raise
             self.handleError(record)
-
-
-def save_samples(samples: np.ndarray, directory: str | os.PathLike, title: str) -> Path:
-    """Samples in data space ([0, 1] images (N, H, W, C) or points (N, D)) as
-    ``directory/sample.npz`` and ``directory/sample.png`` (a grid, or a scatter plot of 2-D
-    points); returns the PNG path (the .npz path for other flat data)."""
-    directory = Path(directory)
-    samples = np.asarray(samples, np.float32)
-    files.savez_atomic(directory / "sample.npz", samples=samples)
-    if samples.ndim == 4:
-        return files.save_image_grid(samples, directory / "sample.png")
-    if samples.ndim == 2 and samples.shape[1] == 2:
-        return files.save_scatter(samples, directory / "sample.png", title)
-    return directory / "sample.npz"
 
 
 def sample_title(config, step: int) -> str:

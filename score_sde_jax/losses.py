@@ -6,6 +6,10 @@ from its own key alone).
 The continuous loss takes a ``score_fn(x, t)``; the discrete SMLD / DDPM losses take the raw
 network ``model_fn(x, labels)`` with integer step labels, as those models are trained.
 
+:func:`get_step_loss` is the training step's objective chosen by the config, as the official
+``get_step_fn``: continuous DSM, SMLD or DDPM for ``config.training.task = 'score'``, the
+noise-conditional classifier's cross-entropy for ``'classifier'``.
+
 Per-sample reduction over the D data dimensions, as the official ``reduce_op``:
 ``reduce_mean=True`` averages, ``reduce_mean=False`` takes **½ × the sum**. The ½ makes the
 sum-reduced DSM the score-matching objective ½ λ(t) ‖s(x_t, t) − ∇ log p(x_t | x₀)‖² (the
@@ -16,15 +20,20 @@ the official ones (SPEC §3).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import prng, sde_lib
+from score_sde_jax import classifier_lib, prng, sde_lib
+from score_sde_jax.models import utils as mutils
 
 Array = jax.Array
 LossFn = Callable[[Array, Callable[[Array, Array], Array], Array], Array]
+Batch = Mapping[str, Array]
+StepLoss = Callable[[dict, Array, Batch], tuple[Array, dict]]
+TASKS = ("score", "classifier")
 
 
 def _reduce(losses: Array, reduce_mean: bool) -> Array:
@@ -96,3 +105,53 @@ def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, reduce_mean: bool = True) -> LossFn:
         return jnp.mean(_reduce((model_fn(perturbed, labels) - z) ** 2, reduce_mean))
 
     return loss_fn
+
+
+# ----------------------------------------------------------------------------- chosen by the config
+def get_step_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool = True) -> StepLoss:
+    """``loss(params, rng, batch) -> (scalar loss, aux dict)`` of ``config.training.task``.
+
+    ``batch['image']`` reaches the loss already scaled (``datasets.get_data_scaler``); ``rng``
+    is one key or one key per example (then example b draws its noise from key b alone)."""
+    task = config.training.task
+    if task == "score":
+        return _score_loss(config, sde, model, train)
+    if task == "classifier":
+        return classifier_lib.get_classifier_step_loss(config, sde, model, train)
+    raise ValueError(f"config.training.task={task!r} is not a training task; known: {list(TASKS)}")
+
+
+def _score_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> StepLoss:
+    """Denoising score matching: continuous DSM (SPEC §3), or discrete SMLD (VE) / DDPM (VP)."""
+    t = config.training
+    continuous, reduce_mean = bool(t.continuous), bool(t.reduce_mean)
+    weighting = bool(t.likelihood_weighting)
+    if continuous:
+        loss_fn = get_sde_loss_fn(sde, reduce_mean, weighting)
+    elif weighting:
+        raise ValueError("config.training.likelihood_weighting=True needs "
+                         "config.training.continuous=True")
+    elif isinstance(sde, sde_lib.VESDE):
+        loss_fn = get_smld_loss_fn(sde, reduce_mean)
+    elif type(sde) is sde_lib.VPSDE:
+        loss_fn = get_ddpm_loss_fn(sde, reduce_mean)
+    else:
+        raise ValueError(f"config.training.continuous=False (discrete SMLD / DDPM training) is "
+                         f"for vesde / vpsde, not config.training.sde={t.sde!r}")
+    dropout_free = not float(config.model.dropout)
+
+    def loss(params: dict, rng: Array, batch: Batch) -> tuple[Array, dict]:
+        rng_loss, rng_dropout = prng.split(rng)
+        if prng.per_example(rng):  # one key per example: only without dropout
+            if train and not dropout_free:
+                raise ValueError("per-example keys for a batch need model.dropout = 0")
+            rng_dropout = rng_dropout[0]  # unused: no dropout
+        variables = {"params": params}
+        dropout = rng_dropout if train else None
+        if continuous:
+            fn = mutils.get_score_fn(sde, model, variables, train, True, dropout)
+        else:
+            fn = mutils.get_model_fn(model, variables, train, dropout)
+        return loss_fn(rng_loss, fn, batch["image"]), {}
+
+    return loss

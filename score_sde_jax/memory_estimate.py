@@ -14,7 +14,7 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import sde_lib, train_lib
+from score_sde_jax import losses, sde_lib, train_lib
 from score_sde_jax.models import utils as mutils
 
 
@@ -65,7 +65,7 @@ def saved_residual_bytes(config, batch_size: int) -> dict[str, int]:
                          f"config.training.grad_accum_steps={k}")
     b, shape = batch_size // k, mutils.data_shape(config)
     sde, _ = sde_lib.get_sde(config)
-    loss = train_lib.get_step_loss(config, sde, mutils.get_model(config), train=True)
+    loss = losses.get_step_loss(config, sde, mutils.get_model(config), train=True)
     summed = train_lib.summed_per_example(loss)
     params = train_lib.abstract_train_state(config).params
     args = (params, jax.ShapeDtypeStruct((b, 2), jnp.uint32),

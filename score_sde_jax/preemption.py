@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
+
+from score_sde_jax import sharding
 
 LOCK_FILE = "train.lock"
 HEARTBEAT_ENV, STALE_ENV = "SCORE_SDE_JAX_LOCK_HEARTBEAT_S", "SCORE_SDE_JAX_LOCK_STALE_S"
@@ -97,7 +97,7 @@ class StopSignals:
             return self.signum
         if not sync:
             return 0
-        return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))
+        return sharding.max_over_processes(self.signum)
 
 
 # ----------------------------------------------------------------------------- the lock
@@ -165,7 +165,7 @@ class WorkdirLock:
             except WorkdirLockedError as e:
                 error = e
         if jax.process_count() > 1:
-            ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+            ok = sharding.broadcast_from_0(int(error is None))
             if not ok and error is None:
                 error = WorkdirLockedError(f"{self.path.parent} is being trained by another "
                                            "run (see process 0's error)")

@@ -1,5 +1,5 @@
-"""The training loop (``main.py --mode train``) and the entry points of the evaluation and
-sampling modes (implemented in :mod:`score_sde_jax.evaluation.loops`).
+"""The training loop (``main.py --mode train``), and ``evaluate``, the official name of the
+evaluation mode (:mod:`score_sde_jax.evaluation`).
 
 ``train(config, workdir)`` resumes from the latest complete checkpoint in ``workdir`` and runs
 ``train_lib``'s data-parallel step until ``state.step == config.training.n_iters``. After the
@@ -17,8 +17,8 @@ Determinism: update ``s`` uses the key ``fold_in(state.rng, s)``, and its batch 
 a data stream that is restarted at every multiple ``L`` of ``gcd(snapshot_freq,
 snapshot_freq_for_preemption)`` with a seed made of ``config.seed`` and ``s // L`` (a resume at
 any step ``s`` restarts segment ``s // L`` at its batch ``s % L``, without loading the skipped
-examples: ``datasets.get_dataset(start=...)``). The ``e``-th evaluation batch comes the same
-way from a stream of the test split. A run that is stopped or killed and resumed from a
+examples: ``datasets.local_batches``). The ``e``-th evaluation batch comes the same way from a
+stream of the test split (``datasets.eval_batches``). A run that is stopped or killed and resumed from a
 checkpoint at any step therefore ends with the same parameters, and logs the same evaluation
 losses, as one that was never interrupted. (A stream restarted from a seed was chosen over an
 iterator whose state is checkpointed because every source here -- toy samplers, arrays, tfds
@@ -38,9 +38,6 @@ bad state is saved; the checkpoints already written stay as they are.
 from __future__ import annotations
 
 import logging
-import math
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,14 +47,15 @@ import numpy as np
 from score_sde_jax import (
     checkpoints,
     datasets,
+    eval_lib,
+    evaluation,
+    files,
     logging_utils,
     preemption,
-    sampling,
     sde_lib,
+    sharding,
     train_lib,
 )
-from score_sde_jax.evaluation import loops
-from score_sde_jax.models import utils as mutils
 
 _FREQ_KEYS = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
 
@@ -83,45 +81,6 @@ def _validate(config) -> int:
     return k
 
 
-def segment_length(config) -> int:
-    """Steps between restarts of the training data stream."""
-    return math.gcd(int(config.training.snapshot_freq),
-                    int(config.training.snapshot_freq_for_preemption))
-
-
-def segment_seed(config, segment: int, salt: int = 0x5DE) -> int:
-    """The data seed of a segment: a hash of (config.seed, salt, segment)."""
-    return int(np.random.SeedSequence([int(config.seed), salt, segment]).generate_state(1)[0])
-
-
-def _restarted_stream(config, split: str, first: int, length: int, salt: int) -> Iterator[dict]:
-    """Items first, first + 1, ... of a stream of ``split`` batches restarted every ``length``
-    items with the seed of the segment: item i is a function of (config, i) only."""
-    index = first
-    while True:
-        segment = index // length
-        it = datasets.get_dataset(config, split, evaluation=False, prefetch=0,
-                                  seed=segment_seed(config, segment, salt),
-                                  start=index - segment * length)
-        for _ in range((segment + 1) * length - index):
-            yield next(it)
-        index = (segment + 1) * length
-
-
-def local_batches(config, start: int) -> Iterator[dict]:
-    """This process's training batches for the updates start, start + 1, ... (update s turns
-    step s into s + 1; see the module docstring: a deterministic function of the step)."""
-    return _restarted_stream(config, "train", start, segment_length(config), 0x5DE)
-
-
-def eval_batches(config, start: int) -> Iterator[dict]:
-    """This process's test batches for the evaluations after step ``start`` (the e-th
-    evaluation, at step e * eval_freq, takes item e - 1 whatever step training resumed at)."""
-    freq = int(config.training.eval_freq)
-    return _restarted_stream(config, "test", start // freq,
-                             max(1, segment_length(config) // freq), 0xE7A)
-
-
 def chunk_sizes(start: int, stop: int, k: int) -> Iterator[int]:
     """Updates per call: k while k more fit before ``stop``, then single updates."""
     step = start
@@ -131,74 +90,13 @@ def chunk_sizes(start: int, stop: int, k: int) -> Iterator[int]:
         step += n
 
 
-class _Feed:
-    """A background thread turning local batches into global device batches, one per call of
-    the train step (stacked (n, B, ...) when a call runs n > 1 updates)."""
-
-    def __init__(self, batches: Iterator[dict], sizes: Iterator[int], mesh, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(batches, sizes, mesh), daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, batches, sizes, mesh) -> None:
-        try:
-            for n in sizes:
-                parts = [next(batches) for _ in range(n)]
-                local = parts[0] if n == 1 else {key: np.stack([p[key] for p in parts])
-                                                 for key in parts[0]}
-                if not self._put(train_lib.make_global_batch(local, mesh, stacked=n > 1)):
-                    return
-        except BaseException as e:  # noqa: BLE001 -- re-raised in the training loop
-            self._put(e)
-
-    def get(self) -> dict:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def _restore_latest(template, workdir: Path, config):
-    """(state, path) of the newest readable checkpoint in workdir, or (template, None)."""
-    # newest first; at equal steps the preemption checkpoint (the one meant for resuming)
-    found = [(s, d) for d in checkpoints.step_dirs(workdir)
-             for s in checkpoints.all_steps(d)]
-    found.sort(key=lambda x: (x[0], x[1].name == checkpoints.PREEMPTION_DIR), reverse=True)
-    for step, directory in found:
-        try:
-            state = checkpoints.restore(directory, template, step, config=config)
-        except checkpoints.CorruptCheckpointError as e:
-            logging.warning("%s; trying an older checkpoint", e)
-            continue
-        try:
-            saved = checkpoints.read_meta(directory, step).get("config")
-        except checkpoints.CheckpointError:
-            saved = None
-        changed = [d for d in checkpoints.config_differences(saved, config)
-                   if not d.startswith(("training.n_iters", "eval."))]
-        if changed:
-            logging.warning("the config differs from the one checkpoint %s was written with: %s",
-                            directory / str(step), "; ".join(changed[:8]))
-        return state, directory / str(step)
-    if found:
-        raise checkpoints.CorruptCheckpointError(
-            f"none of the checkpoints in {workdir} is readable (steps {[s for s, _ in found]}); "
-            "move them away to start afresh")
-    return template, None
+def _global_batches(batches: Iterator[dict], sizes: Iterator[int], mesh) -> Iterator[dict]:
+    """Global device batches, one per call of the train step, from this process's local batches
+    (stacked (n, B, ...) when a call runs n > 1 updates)."""
+    for n in sizes:
+        parts = [next(batches) for _ in range(n)]
+        local = parts[0] if n == 1 else {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+        yield sharding.make_global_batch(local, mesh, stacked=n > 1)
 
 
 def _check_finite(first_step: int, metrics: dict, last_good: str) -> None:
@@ -215,50 +113,40 @@ def _check_finite(first_step: int, metrics: dict, last_good: str) -> None:
 
 def _make_sampler(config, mesh):
     """Jitted ``(params, rng) -> samples`` of ``config.training.batch_size`` with
-    ``config.sampling``, sharded over the mesh."""
+    ``config.sampling`` (sample i from ``fold_in(rng, i)``), sharded over the mesh."""
+    batch = int(config.training.batch_size)
 
     def build():
         sde, eps = sde_lib.get_sde(config)
-        model = mutils.get_model(config)
-        shape = (int(config.training.batch_size), *mutils.data_shape(config))
-        sampling_fn = sampling.get_sampling_fn(config, sde, shape, eps)
-
-        def draw(params, rng):
-            score_fn = mutils.get_score_fn(sde, model, {"params": params}, train=False,
-                                           continuous=bool(config.training.continuous))
-            return sampling_fn(rng, score_fn)[0]
-
-        return jax.jit(draw, in_shardings=(train_lib.replicated(mesh),) * 2,
-                       out_shardings=train_lib.data_sharding(mesh))
+        sample = eval_lib.get_sample_fn(config, sde, eval_lib.score_fn_builder(config, sde), batch,
+                                        eps, mesh)
+        return lambda params, rng: sample(params, rng, sharding.global_array(np.arange(batch), mesh))[0]
 
     return train_lib.cached_jit(("sampler", mesh), config, build)
 
 
 def _write_samples(config, sampler, state, workdir: Path, step: int) -> None:
-    x = sampler(state.params_ema, jax.random.fold_in(jax.random.fold_in(state.rng, 2), step))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    if jax.process_index() == 0:
+    x = sharding.gather(sampler(state.params_ema,
+                                jax.random.fold_in(jax.random.fold_in(state.rng, 2), step)))
+    if sharding.is_main_process():
         x = datasets.get_data_inverse_scaler(config)(np.asarray(x, np.float32))
-        path = logging_utils.save_samples(x, Path(workdir) / "samples" / f"iter_{step}",
-                                          logging_utils.sample_title(config, step))
-        logging.info("step %d: samples written to %s", step, path)
+        paths = files.write_samples(Path(workdir) / "samples" / f"iter_{step}" / "sample", x,
+                                    logging_utils.sample_title(config, step))
+        logging.info("step %d: samples written to %s", step, paths["png"] or paths["npz"])
 
 
 def train(config, workdir: str | Path, mesh=None) -> train_lib.TrainState:
     """Train (or resume training) ``config`` in ``workdir``; returns the final state.
 
-    ``mesh``: the data-parallel mesh (default ``train_lib.make_mesh()``: every device of every
-    process); ``train_lib.make_mesh(devices)`` trains on fewer. Raises
+    ``mesh``: the data-parallel mesh (default ``sharding.make_mesh()``: every device of every
+    process); ``sharding.make_mesh(devices)`` trains on fewer. Raises
     :class:`preemption.WorkdirLockedError` (another live run trains ``workdir``; nothing is
     written) and, after SIGTERM / SIGINT, :class:`preemption.TrainingStopped` once the
     checkpoint of the current step is written."""
     k = _validate(config)
     datasets.check_data(config)  # bad data fails here, before anything is created
-    mesh = mesh or train_lib.make_mesh()
-    train_lib.check_batch_size(int(config.training.batch_size), mesh)
+    mesh = mesh or sharding.make_mesh()
+    sharding.check_batch_size(int(config.training.batch_size), mesh)
     workdir = Path(workdir).absolute()  # orbax and the messages want absolute paths
     with preemption.WorkdirLock(workdir), preemption.StopSignals() as stop:
         return _train(config, workdir, mesh, k, stop)
@@ -281,10 +169,10 @@ def _complete_resumed_step(config, state, workdir: Path, snapshots, sampler) -> 
 
 def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
     t = config.training
-    template = train_lib.abstract_train_state(config, train_lib.replicated(mesh))
-    state, resumed = _restore_latest(template, workdir, config)
+    template = train_lib.abstract_train_state(config, sharding.replicated(mesh))
+    state, resumed = checkpoints.restore_latest(workdir, template, config)
     if resumed is None:
-        state = train_lib.replicate(
+        state = sharding.replicate(
             train_lib.create_train_state(config, jax.random.PRNGKey(int(config.seed))), mesh)
     start, n_iters = int(jax.device_get(state.step)), int(t.n_iters)
     logging.info("%s at step %d of %d on %d device(s), %d process(es)",
@@ -311,12 +199,13 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
             "train step" + (f" ({n} updates a call)" if n > 1 else ""), progress) for n in {1, k}}
         eval_step = logging_utils.announce_compile(train_lib.compile_eval_step(config, mesh),
                                                    "eval step", progress)
-        eval_data = eval_batches(config, start)
-        feed = _Feed(local_batches(config, start), chunk_sizes(start, n_iters, k), mesh)
+        eval_data = datasets.eval_batches(config, start)
+        feed = datasets.Prefetch(_global_batches(datasets.local_batches(config, start),
+                                                 chunk_sizes(start, n_iters, k), mesh))
         writer = logging_utils.MetricWriter(workdir, purge_after=start)
         step, pending = start, None
         for n in chunk_sizes(start, n_iters, k):
-            state, metrics = steps[n](state, feed.get())
+            state, metrics = steps[n](state, next(feed))
             if pending is not None:  # the previous call's metrics, fetched one call late
                 _check_finite(*pending, last_good)
             pending, step = (step, metrics), step + n
@@ -337,7 +226,7 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
                 progress.update(step, values["training_loss"])
                 writer.scalars(step, values)
             if crossed(int(t.eval_freq)):
-                batch = train_lib.make_global_batch(next(eval_data), mesh)
+                batch = sharding.make_global_batch(next(eval_data), mesh)
                 values = {f"eval_{key}": float(v) for key, v in eval_step(state, batch).items()}
                 logging.info("step %d: %s", step, logging_utils.format_metrics(values))
                 writer.scalars(step, values)
@@ -363,11 +252,5 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
 
 
 def evaluate(config, workdir: str, eval_folder: str = "eval"):
-    """``main.py --mode eval``: see :func:`score_sde_jax.evaluation.loops.evaluate`."""
-    return loops.evaluate(config, workdir, eval_folder)
-
-
-def sample(config, workdir: str, num_samples: int | None, out_dir: str, step: int | None = None,
-           seeds: list[int] | None = None):
-    """``main.py --mode sample``: see :func:`score_sde_jax.evaluation.loops.sample`."""
-    return loops.sample(config, workdir, num_samples, out_dir, step=step, seeds=seeds)
+    """``main.py --mode eval`` (the official name): :func:`score_sde_jax.evaluation.evaluate`."""
+    return evaluation.evaluate(config, workdir, eval_folder)

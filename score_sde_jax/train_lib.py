@@ -1,9 +1,9 @@
-"""The training step: state, optimizer, EMA, pluggable losses, and data parallelism.
+"""The training step: state, optimizer, EMA, gradient accumulation, compiled over a mesh.
 
 Everything here is pure: ``train_step(state, batch, rng) -> (state, metrics)`` maps arrays to
 arrays. Data parallelism is one code path for 1 device, many local devices and many hosts:
 ``jax.jit`` over a 1-D ``('data',)`` mesh of *all* devices, the global batch sharded on axis 0
-(built from each process's local part by :func:`make_global_batch`) and the state replicated.
+(built from each process's local part by :func:`sharding.make_global_batch`) and the state replicated.
 XLA inserts the gradient all-reduce; random draws are over the global batch, so the result does
 not depend on how many devices or hosts share the batch (up to float summation order).
 
@@ -22,26 +22,23 @@ summation order, whatever k and the number of devices.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Mapping
 
 import flax
-import flax.linen as nn
 import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from score_sde_jax import datasets, losses, prng, sde_lib
+from score_sde_jax import datasets, losses, sde_lib, sharding
 from score_sde_jax.models import utils as mutils
 
 Array = jax.Array
 Batch = Mapping[str, Array]
-StepLoss = Callable[[dict, Array, Batch], tuple[Array, dict]]
-TaskFactory = Callable[..., StepLoss]
+StepLoss = losses.StepLoss
 
 
 @flax.struct.dataclass
@@ -54,85 +51,6 @@ class TrainState:
     opt_state: optax.OptState
     params_ema: dict
     rng: Array
-
-
-# ---------------------------------------------------------------------------- tasks (losses)
-@dataclasses.dataclass(frozen=True)
-class Task:
-    make_loss: TaskFactory
-    init: Callable[[Array, object], dict] | None = None
-
-
-_TASKS: dict[str, Task] = {}
-
-
-def register_task(name: str, init: Callable[[Array, object], dict] | None = None):
-    """Decorator: ``make_loss(config, sde, model, train) -> loss(params, rng, batch) -> (loss,
-    aux)`` becomes ``config.training.task = name``. ``batch['image']`` reaches the loss already
-    scaled (``datasets.get_data_scaler``); ``aux`` is a dict of scalar metrics. ``init(rng,
-    config) -> variables`` overrides ``models.init_model`` for the task's network."""
-
-    def _register(make_loss: TaskFactory) -> TaskFactory:
-        if name in _TASKS and _TASKS[name].make_loss is not make_loss:
-            raise ValueError(f"a training task named {name!r} is already registered")
-        _TASKS[name] = Task(make_loss, init)
-        return make_loss
-
-    return _register
-
-
-def _task(config) -> Task:
-    name = config.training.get("task", "score")
-    if name not in _TASKS and name == "classifier":
-        try:  # the classifier task registers itself on import
-            import score_sde_jax.classifier_lib  # noqa: F401
-        except ImportError:
-            pass
-    if name not in _TASKS:
-        raise ValueError(f"config.training.task={name!r} is not a registered task; known: "
-                         f"{sorted(_TASKS)}")
-    return _TASKS[name]
-
-
-@register_task("score")
-def _score_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> StepLoss:
-    """Denoising score matching: continuous DSM (SPEC §3), or discrete SMLD (VE) / DDPM (VP)."""
-    t = config.training
-    continuous, reduce_mean = bool(t.continuous), bool(t.reduce_mean)
-    weighting = bool(t.get("likelihood_weighting", False))
-    if continuous:
-        loss_fn = losses.get_sde_loss_fn(sde, reduce_mean, weighting)
-    elif weighting:
-        raise ValueError("config.training.likelihood_weighting=True needs "
-                         "config.training.continuous=True")
-    elif isinstance(sde, sde_lib.VESDE):
-        loss_fn = losses.get_smld_loss_fn(sde, reduce_mean)
-    elif type(sde) is sde_lib.VPSDE:
-        loss_fn = losses.get_ddpm_loss_fn(sde, reduce_mean)
-    else:
-        raise ValueError(f"config.training.continuous=False (discrete SMLD / DDPM training) is "
-                         f"for vesde / vpsde, not config.training.sde={t.sde!r}")
-
-    def loss(params: dict, rng: Array, batch: Batch) -> tuple[Array, dict]:
-        rng_loss, rng_dropout = prng.split(rng)
-        if prng.per_example(rng):  # one key per example: only without dropout (batched_loss)
-            if train and not batched_loss(config):
-                raise ValueError("per-example keys for a batch need model.dropout = 0")
-            rng_dropout = rng_dropout[0]  # unused: no dropout
-        variables = {"params": params}
-        dropout = rng_dropout if train else None
-        if continuous:
-            fn = mutils.get_score_fn(sde, model, variables, train, True, dropout)
-        else:
-            fn = mutils.get_model_fn(model, variables, train, dropout)
-        return loss_fn(rng_loss, fn, batch["image"]), {}
-
-    return loss
-
-
-def get_step_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool = True) -> StepLoss:
-    """``loss(params, rng, batch) -> (scalar loss, aux dict)`` of ``config.training.task``."""
-    return _task(config).make_loss(config, sde, model, train)
 
 
 # ---------------------------------------------------------------------------- state and steps
@@ -185,7 +103,7 @@ def _state(tx: optax.GradientTransformation, params: dict, params_ema: dict, ste
 
 def _fresh_state_fn(config) -> Callable[[Array], TrainState]:
     """``rng (2,) uint32 -> TrainState`` at step 0 (traceable)."""
-    init = _task(config).init or mutils.init_model
+    init = mutils.init_model
     tx = get_optimizer(config)
 
     def fresh(rng: Array) -> TrainState:
@@ -291,12 +209,12 @@ def microbatches(tree, k: int, mesh: Mesh | None = None):
 
     def split(v):
         v = jnp.swapaxes(v.reshape(size // k, k, *v.shape[1:]), 0, 1)
-        return v if mesh is None else jax.lax.with_sharding_constraint(v, data_sharding(mesh, True))
+        return v if mesh is None else jax.lax.with_sharding_constraint(v, sharding.data_sharding(mesh, True))
 
     return jax.tree_util.tree_map(split, tree)
 
 
-def get_train_step(config, mesh: Mesh | None = None
+def get_train_step(config, mesh: Mesh | None = None, step_loss: StepLoss | None = None
                    ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
     """``train_step(state, batch, rng) -> (new_state, metrics)``: one pure update.
 
@@ -304,11 +222,13 @@ def get_train_step(config, mesh: Mesh | None = None
     here. metrics: ``loss``, ``grad_norm`` (before clipping), ``lr`` and the task's aux values
     (batch means of the per-example values). With ``config.training.grad_accum_steps`` = k the
     gradient is summed over k microbatches of B/k (:func:`microbatches`; ``mesh`` keeps them
-    sharded) before the update.
+    sharded) before the update. ``step_loss`` replaces the config's objective
+    (:func:`losses.get_step_loss`) by another ``loss(params, rng, batch) -> (loss, aux)``.
     """
     sde, _ = sde_lib.get_sde(config)
-    summed = summed_per_example(get_step_loss(config, sde, mutils.get_model(config), train=True),
-                                batched_loss(config))
+    if step_loss is None:
+        step_loss = losses.get_step_loss(config, sde, mutils.get_model(config), train=True)
+    summed = summed_per_example(step_loss, batched_loss(config))
     grad_fn = jax.value_and_grad(summed, has_aux=True)
     tx, lr_fn = get_optimizer(config), learning_rate(config)
     scaler, ema_rate = datasets.get_data_scaler(config), float(config.model.ema_rate)
@@ -348,7 +268,7 @@ def get_train_step(config, mesh: Mesh | None = None
 def get_eval_step(config) -> Callable[[TrainState, Batch, Array], dict]:
     """``eval_step(state, batch, rng) -> metrics``: the loss of the EMA weights, no dropout."""
     sde, _ = sde_lib.get_sde(config)
-    loss_fn = get_step_loss(config, sde, mutils.get_model(config), train=False)
+    loss_fn = losses.get_step_loss(config, sde, mutils.get_model(config), train=False)
     scaler = datasets.get_data_scaler(config)
 
     def eval_step(state: TrainState, batch: Batch, rng: Array) -> dict:
@@ -363,54 +283,7 @@ def step_rng(state: TrainState, salt: int = 0) -> Array:
     return jax.random.fold_in(jax.random.fold_in(state.rng, salt), state.step)
 
 
-# ---------------------------------------------------------------------------- data parallelism
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D ``('data',)`` mesh over ``devices`` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def data_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
-    """Batch axis sharded over 'data' (axis 1 when ``stacked`` as (steps, B, ...))."""
-    return NamedSharding(mesh, PartitionSpec(None, "data") if stacked else PartitionSpec("data"))
-
-
-def replicate(tree, mesh: Mesh):
-    """Place a host-identical pytree on every device of ``mesh`` (works across processes)."""
-    sharding = replicated(mesh)
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree_util.tree_map(put, tree)
-
-
-def check_batch_size(global_batch: int, mesh: Mesh, key: str = "config.training.batch_size") -> None:
-    n = mesh.devices.size
-    if global_batch % n:
-        raise ValueError(f"{key}={global_batch} must be a multiple of the number of devices ({n})")
-
-
-def make_global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = False) -> dict:
-    """One global array per key from this process's part (its rows of the global batch, in
-    process order): local (B/P, ...) -> global (B, ...) sharded over the mesh; with
-    ``stacked`` the arrays are (steps, B/P, ...) -> (steps, B, ...)."""
-    sharding, axis = data_sharding(mesh, stacked), int(stacked)
-    out = {}
-    for key, value in local.items():
-        value = np.asarray(value)
-        shape = list(value.shape)
-        shape[axis] *= jax.process_count()
-        check_batch_size(shape[axis], mesh, f"the global batch ({key!r})")
-        out[key] = jax.make_array_from_process_local_data(sharding, value, tuple(shape))
-    return out
-
-
+# ---------------------------------------------------------------------------- compiled over a mesh
 def compile_train_step(config, mesh: Mesh, n_steps: int = 1):
     """Jitted ``(state, batches) -> (state, metrics)`` over ``mesh`` running ``n_steps``
     updates (``lax.scan``; batches stacked (n_steps, B, ...) and metrics (n_steps,) when
@@ -423,8 +296,8 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1):
             return train_step(state, batch, step_rng(state))
 
         fn = one if n_steps == 1 else lambda state, batches: jax.lax.scan(one, state, batches)
-        rep = replicated(mesh)
-        return jax.jit(fn, in_shardings=(rep, data_sharding(mesh, n_steps > 1)),
+        rep = sharding.replicated(mesh)
+        return jax.jit(fn, in_shardings=(rep, sharding.data_sharding(mesh, n_steps > 1)),
                        out_shardings=(rep, rep), donate_argnums=0)
 
     return cached_jit(("train", mesh, n_steps), config, build)
@@ -435,8 +308,8 @@ def compile_eval_step(config, mesh: Mesh):
 
     def build():
         eval_step = get_eval_step(config)
-        rep = replicated(mesh)
+        rep = sharding.replicated(mesh)
         return jax.jit(lambda state, batch: eval_step(state, batch, step_rng(state, 1)),
-                       in_shardings=(rep, data_sharding(mesh)), out_shardings=rep)
+                       in_shardings=(rep, sharding.data_sharding(mesh)), out_shardings=rep)
 
     return cached_jit(("eval", mesh), config, build)

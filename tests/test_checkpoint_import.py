@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from score_sde_jax import checkpoints_import as ci
-from score_sde_jax import convert
+from score_sde_jax import checkpoints, cli, convert
+from score_sde_jax.checkpoints import official as ci
 from score_sde_jax.models import get_model
 
 HERE = os.path.dirname(__file__)
@@ -25,7 +25,7 @@ def case():
     """(config, official state_dict, imported params) of the small NCSN++ parity model."""
     with open(os.path.join(HERE, "data", f"{NAME}.json")) as f:
         ref = json.load(f)
-    config = convert.load_config(CONFIG_FILE)
+    config = cli.load_config(CONFIG_FILE)
     for section in ("model", "data"):
         for key, value in ref[section].items():
             config[section][key] = value
@@ -71,7 +71,7 @@ def test_pytorch_mismatch_is_named(case, edit, message):
     config, state, _ = case
     state = dict(state)
     edit(state)
-    with pytest.raises(ci.CheckpointMismatchError, match=message):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=message):
         ci.from_official_pytorch(state, config)
 
 
@@ -79,7 +79,7 @@ def test_pytorch_wrong_config_is_named(case):
     config, state, _ = case
     config = config.copy_and_resolve_references()
     config.model.nf = 16
-    with pytest.raises(ci.CheckpointMismatchError, match="all_modules.0.W has shape"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="all_modules.0.W has shape"):
         ci.from_official_pytorch(state, config)
 
 
@@ -92,7 +92,7 @@ def test_pytorch_ema_shadow_params(case):
     doubled = jax.tree_util.tree_map(lambda p: 2 * p, params)
     doubled["GaussianFourierProjection_0"] = params["GaussianFourierProjection_0"]  # fixed
     assert_same_tree(params_ema, doubled)
-    with pytest.raises(ci.CheckpointMismatchError, match="EMA holds 3 tensors"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="EMA holds 3 tensors"):
         ci.ema_state_dict(state, {"shadow_params": shadow[:3]}, config)
 
 
@@ -135,14 +135,14 @@ def test_official_flax_mismatch_is_named(case):
     config, _, params = case
     bad = jax.tree_util.tree_map(np.asarray, params)
     bad["ResnetBlockBigGANpp_3"]["Conv_1"]["kernel"] = np.zeros((3, 3, 64, 32), np.float32)
-    with pytest.raises(ci.CheckpointMismatchError,
+    with pytest.raises(checkpoints.CheckpointMismatchError,
                        match=r"params_ema/ResnetBlockBigGANpp_3/Conv_1/kernel has shape"):
         ci.from_official_flax(official_flax_bytes(params, bad), config)
     missing = jax.tree_util.tree_map(np.asarray, params)
     del missing["AttnBlockpp_1"]
-    with pytest.raises(ci.CheckpointMismatchError, match="missing params/AttnBlockpp_1/"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="missing params/AttnBlockpp_1/"):
         ci.from_official_flax(official_flax_bytes(missing, params), config)
-    with pytest.raises(ci.CheckpointMismatchError, match="no 'optimizer.target' or 'params'"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="no 'optimizer.target' or 'params'"):
         ci.from_official_flax(serialization.msgpack_serialize({"step": 1}), config)
 
 
@@ -152,7 +152,7 @@ def test_convert_cli_writes_orbax(case, tmp_path, monkeypatch, capsys):
     config, _, params = case
     config_file = tmp_path / "small_config.py"
     config_file.write_text(
-        "from score_sde_jax.convert import load_config\n"
+        "from score_sde_jax.cli import load_config\n"
         "import ml_collections, json\n\n"
         "def get_config():\n"
         f"    config = load_config({CONFIG_FILE!r})\n"
@@ -172,8 +172,8 @@ def test_convert_cli_writes_orbax(case, tmp_path, monkeypatch, capsys):
                   "--out", str(tmp_path / "out_flax")])
     assert "step 1300000" in capsys.readouterr().out
     # --workdir: a training work directory that eval / sample / training resume read.
+    from score_sde_jax import checkpoints as eval_lib
     from score_sde_jax import train_lib
-    from score_sde_jax.evaluation import loops as eval_lib
 
     workdir = tmp_path / "workdir"
     convert.main(["--config", str(config_file), "--checkpoint", npz, "--workdir", str(workdir)])

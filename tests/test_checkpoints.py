@@ -56,7 +56,7 @@ def test_mismatched_checkpoint_names_path_key_and_config(tmp_path, state):
     checkpoints.Checkpointer(tmp_path).save(_changed(state, 5), tiny_toy_config())
     config = tiny_toy_config(**{"model.nf": 16})
     other = train_lib.create_train_state(config, jax.random.PRNGKey(0))
-    with pytest.raises(checkpoints.MismatchedCheckpointError) as e:
+    with pytest.raises(checkpoints.CheckpointMismatchError) as e:
         checkpoints.restore(tmp_path, other, config=config)
     msg = str(e.value)
     assert str(tmp_path / "5") in msg

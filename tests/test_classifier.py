@@ -11,7 +11,7 @@ import pytest
 
 from configs.classifier import cifar10_ve_wideresnet, digits
 from configs.classifier import toy_gmm as toy_gmm_classifier
-from score_sde_jax import classifier_lib, sde_lib, train_lib
+from score_sde_jax import classifier_lib, losses, sde_lib, train_lib
 from score_sde_jax import controllable_generation as cg
 from score_sde_jax.data.toy import gaussian_mixture_from_config
 from score_sde_jax.models import utils as mutils
@@ -143,7 +143,7 @@ def test_classifier_task_is_registered_with_train_lib():
     config = CONFIG
     sde, _ = sde_lib.get_sde(config)
     model = mutils.get_model(config)
-    loss = train_lib.get_step_loss(config, sde, model, train=True)
+    loss = losses.get_step_loss(config, sde, model, train=True)
     params = jax.jit(lambda r: mutils.init_model(r, config)["params"])(jax.random.PRNGKey(0))
     x, y = GMM.sample_components(jax.random.PRNGKey(1), 16)
     value, aux = jax.jit(loss)(params, jax.random.PRNGKey(2), {"image": x, "label": y})

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from training_helpers import ROOT, subprocess_env, tiny_toy_config
 
-from score_sde_jax import cli, controllable_cli, convert, datasets
+from score_sde_jax import cli, convert, datasets
 from score_sde_jax.evaluation import inception
+from score_sde_jax.inference import controllable
 
 DIGITS = f"--config={ROOT / 'configs' / 'digits.py'}"
 HINT = " (SCORE_SDE_JAX_TRACEBACK=1 shows the traceback)"
@@ -73,11 +74,11 @@ def test_bad_inputs_of_sample_and_train_name_the_file_and_create_nothing(tmp_pat
 
 def test_num_samples_for_inpainting_repeats_one_input_or_is_an_error():
     one, three = np.zeros((1, 8, 8, 1)), np.zeros((3, 8, 8, 1))
-    assert controllable_cli._draws(one, 5, "a.png").shape == (5, 8, 8, 1)
-    assert controllable_cli._draws(three, None, "a.npz").shape == (3, 8, 8, 1)
-    assert controllable_cli._draws(three, 3, "a.npz").shape == (3, 8, 8, 1)
+    assert controllable._draws(one, 5, "a.png").shape == (5, 8, 8, 1)
+    assert controllable._draws(three, None, "a.npz").shape == (3, 8, 8, 1)
+    assert controllable._draws(three, 3, "a.npz").shape == (3, 8, 8, 1)
     with pytest.raises(ValueError, match=r"--num_samples=5 but a.npz holds 3 inputs"):
-        controllable_cli._draws(three, 5, "a.npz")
+        controllable._draws(three, 5, "a.npz")
 
 
 # ----------------------------------------------------------------------------- data checks

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
     sys.path.insert(0, str(ROOT))
 
-from score_sde_jax import likelihood, sampling, sde_lib, step_control  # noqa: E402
+from score_sde_jax import likelihood, ode_solver, sampling, sde_lib  # noqa: E402
 from score_sde_jax.models import utils  # noqa: E402
 
 HELPER_FILES = {'common.py', '__init__.py'}
@@ -107,10 +107,10 @@ def test_config_has_the_keys_the_project_reads(name):
     # names resolve to real components: SDE, sampler parts, network class
     sde, _ = sde_lib.get_sde(config)
     assert sde.N == config.model.num_scales
-    assert config.sampling.method in sampling.SAMPLING_METHODS
+    assert sampling.settings(config).method in sampling.METHODS  # every key is there
     assert config.sampling.predictor in sampling.PREDICTORS
     assert config.sampling.corrector in sampling.CORRECTORS
-    assert config.sampling.solver in step_control.SOLVERS
+    assert config.sampling.solver in ode_solver.SOLVERS
     assert config.eval.hutchinson_type in likelihood.HUTCHINSON_TYPES
     assert utils.get_model(config).config is config
 

@@ -255,7 +255,7 @@ def _image_config():
 
 
 def test_cli_inpaint_and_colorize_write_pngs(tmp_path):
-    from score_sde_jax import controllable_cli as cli
+    from score_sde_jax import inference as cli
 
     config = _image_config()
     workdir = _workdir(tmp_path, config, "score")
@@ -277,24 +277,24 @@ def test_cli_inpaint_and_colorize_write_pngs(tmp_path):
 
 
 def test_cli_inputs_that_do_not_fit_the_model(tmp_path):
-    from score_sde_jax import controllable_cli as cli
+    from score_sde_jax import inference as cli
 
     config = _image_config()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "big.png")
     with pytest.raises(ValueError, match=r"big.png: shape \(1, 8, 8, 3\).*4x4 images.*image_size=4"):
-        cli.load_images(tmp_path / "big.png", config)
+        cli.common.load_images(tmp_path / "big.png", config)
     np.save(tmp_path / "two.npy", np.zeros((4, 4, 2)))
     with pytest.raises(ValueError, match="2 channels"):
-        cli.load_images(tmp_path / "two.npy", config)
-    images = cli.load_images(tmp_path / "big.png", _with(config, image_size=8))
+        cli.common.load_images(tmp_path / "two.npy", config)
+    images = cli.common.load_images(tmp_path / "big.png", _with(config, image_size=8))
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "small_mask.png")
     with pytest.raises(ValueError, match=r"small_mask.png: shape \(1, 4, 4\).*8x8"):
-        cli.load_mask(tmp_path / "small_mask.png", images.shape)
+        cli.common.load_mask(tmp_path / "small_mask.png", images.shape)
     np.save(tmp_path / "mask3.npy", np.ones((3, 8, 8, 3)))
     with pytest.raises(ValueError, match=r"mask3.npy: shape \(3, 8, 8, 3\) does not match"):
-        cli.load_mask(tmp_path / "mask3.npy", images.shape)
+        cli.common.load_mask(tmp_path / "mask3.npy", images.shape)
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        cli.load_images(tmp_path / "missing.png", config)
+        cli.common.load_images(tmp_path / "missing.png", config)
     gray_config = _with(config, num_channels=1)
     with pytest.raises(ValueError, match="RGB"):
         cli.colorize(gray_config, tmp_path, tmp_path / "big.png", tmp_path / "o")
@@ -308,7 +308,7 @@ def _with(config, **data):
 
 def test_cli_inpaints_flat_points(tmp_path, monkeypatch):
     from configs.toy_gmm import get_config
-    from score_sde_jax import controllable_cli as cli
+    from score_sde_jax import inference as cli
 
     config = get_config()
     config.model.num_scales = 20
@@ -319,8 +319,10 @@ def test_cli_inpaints_flat_points(tmp_path, monkeypatch):
     x = np.load(out["npz"])["samples"]
     np.testing.assert_array_equal(x[:, 0], [1.0, -1.0])
     # the same inpainting on one device: the work is sharded, the samples are the same
-    real_mesh = cli.train_lib.make_mesh
-    monkeypatch.setattr(cli.train_lib, "make_mesh", lambda devices=None: real_mesh(jax.devices()[:1]))
+    from score_sde_jax import sharding
+
+    real_mesh = sharding.make_mesh
+    monkeypatch.setattr(sharding, "make_mesh", lambda devices=None: real_mesh(jax.devices()[:1]))
     one = cli.inpaint(config, workdir, tmp_path / "pts.npz", tmp_path / "m.npy", tmp_path / "o1")
     np.testing.assert_allclose(np.load(one["npz"])["samples"], x, atol=1e-5)
     np.save(tmp_path / "m3.npy", np.array([1.0, 0.0, 1.0]))
@@ -331,7 +333,7 @@ def test_cli_inpaints_flat_points(tmp_path, monkeypatch):
 def test_cli_sample_class(tmp_path):
     from configs.classifier import toy_gmm as toy_gmm_classifier
     from configs.toy_gmm import get_config
-    from score_sde_jax import controllable_cli as cli
+    from score_sde_jax import inference as cli
 
     config = get_config()
     config.model.num_scales = 20

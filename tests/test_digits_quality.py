@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde_jax import analytic, demo_train, fast_sampling, run_lib, sampling, sde_lib, train_lib
+from score_sde_jax import analytic, run_lib, sampling, sde_lib, sharding
+from score_sde_jax.demos import train as demo_train
 
 STEPS = 600  # 300 gave the ode and dpm_solver samples a distance of 0.23 (PC: 0.072)
 N = 100  # samples per sampler
@@ -28,7 +29,7 @@ def trained_digits(tmp_path_factory):
     config.model.num_scales = 100  # Euler-Maruyama steps of the PC sampler
     config.data.prefetch = 0
     state = run_lib.train(config, str(tmp_path_factory.mktemp("digits")),
-                          train_lib.make_mesh(jax.devices()[:1]))  # as in the demo
+                          sharding.make_mesh(jax.devices()[:1]))  # as in the demo
     return config, jax.device_get(state.params_ema)
 
 
@@ -63,8 +64,8 @@ def test_every_sampler_recovers_digits_from_the_exact_score_in_the_data_scaling(
     shape, eps = (N, 8, 8, 1), 1e-3
     samplers = {"pc": sampling.get_pc_sampler(sde, shape, "euler_maruyama", "none", eps=eps),
                 "ode": sampling.get_ode_sampler(sde, shape, eps=eps, denoise=True),
-                "heun": fast_sampling.get_heun_sampler(sde, shape, eps=eps),
-                "dpm_solver": fast_sampling.get_dpm_solver_sampler(sde, shape, eps=eps, denoise=True)}
+                "heun": sampling.get_heun_sampler(sde, shape, eps=eps),
+                "dpm_solver": sampling.get_dpm_solver_sampler(sde, shape, eps=eps, denoise=True)}
     truth = gmm.sample(jax.random.PRNGKey(0), N)
     floor = demo_train.sliced_w2(np.asarray(gmm.sample(jax.random.PRNGKey(1), N)), truth, N)
     sw = {name: demo_train.sliced_w2(np.asarray(jax.jit(lambda rng, s=sampler: s(rng, score)[0])(

@@ -18,7 +18,7 @@ from scipy import stats
 from training_helpers import ROOT, subprocess_env
 
 from configs.toy_gmm import get_config as toy_config
-from score_sde_jax import analytic, latents_cli, likelihood, run_lib, sampling, sde_lib, train_lib
+from score_sde_jax import analytic, inference, likelihood, run_lib, sampling, sde_lib, sharding
 
 GMM = analytic.default_mixture()
 SDES = {"ve": sde_lib.VESDE, "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}
@@ -195,7 +195,7 @@ def _test_digits(tmp):
 def test_trained_digits_model_encodes_interpolates_and_samples_cooler(tmp_path):
     """One test, so the model is trained once (a module fixture would train once per worker)."""
     config, run = _digits_config(tmp_path), tmp_path / "run"
-    run_lib.train(config, str(run), mesh=train_lib.make_mesh(jax.devices()[:1]))
+    run_lib.train(config, str(run), mesh=sharding.make_mesh(jax.devices()[:1]))
     _test_digits(tmp_path)
     pngs = tmp_path / "pngs"
 
@@ -205,7 +205,7 @@ def test_trained_digits_model_encodes_interpolates_and_samples_cooler(tmp_path):
     cli = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(XLA_FLAGS=""))
 
-    out = latents_cli.interpolate(config, run, f"{pngs / 'digit_0.png'},{pngs / 'digit_1.png'}", 6,
+    out = inference.interpolate(config, run, f"{pngs / 'digit_0.png'},{pngs / 'digit_1.png'}", 6,
                                   tmp_path / "path")
     saved = np.load(out["npz"])
     x = saved["samples_float"]
@@ -216,12 +216,12 @@ def test_trained_digits_model_encodes_interpolates_and_samples_cooler(tmp_path):
     norms = np.linalg.norm(saved["latents"].reshape(6, -1), axis=1)
     assert norms.min() > 0.9 * norms[[0, -1]].min()  # slerp keeps the latents' norm
     with pytest.raises(ValueError, match="exactly two images; .* holds 5"):
-        latents_cli.interpolate(config, run, str(tmp_path / "digits.npz"), 6, tmp_path)
+        inference.interpolate(config, run, str(tmp_path / "digits.npz"), 6, tmp_path)
 
     # --mode sample with the ODE sampler at temperature 0.8
     cool = config.copy_and_resolve_references()
     cool.sampling.method, cool.sampling.temperature = "ode", 0.8
-    out = run_lib.sample(cool, str(run), 4, str(tmp_path / "samples"))
+    out = inference.sample(cool, str(run), 4, str(tmp_path / "samples"))
     x = np.load(out["npz"])["samples_float"]
     assert x.shape == (4, 8, 8, 1) and np.all(np.isfinite(x))
 
@@ -244,12 +244,12 @@ def test_images_of_another_shape_are_an_error_naming_both(tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "big.png")
     with pytest.raises(ValueError, match=r"big.png: shape \(1, 16, 16\) does not fit the model, which "
                                          r"takes 8x8 images with 1 channel\(s\)"):
-        latents_cli.encode(config, tmp_path / "run", str(tmp_path / "big.png"), tmp_path)
+        inference.encode(config, tmp_path / "run", str(tmp_path / "big.png"), tmp_path)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb.png: shape \(1, 8, 8, 3\) does not fit the model, which "
                                          r"takes 8x8 images with 1 channel\(s\)"):
-        latents_cli.encode(config, tmp_path / "run",
+        inference.encode(config, tmp_path / "run",
                            f"{tmp_path / 'pngs' / 'digit_0.png'},{tmp_path / 'rgb.png'}", tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
-        latents_cli.load_image_list(str(tmp_path / "empty"), config)
+        inference.common.load_image_list(str(tmp_path / "empty"), config)

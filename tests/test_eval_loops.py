@@ -31,15 +31,17 @@ from configs.digits import get_config as digits_config  # noqa: E402
 from score_sde_jax import (  # noqa: E402
     checkpoints,
     datasets,
+    eval_lib,
     evaluation,
+    inference,
+    losses,
     prng,
     sde_lib,
+    sharding,
     train_lib,
 )
-from score_sde_jax.evaluation import files as eval_io  # noqa: E402
-from score_sde_jax.evaluation import loops as eval_lib  # noqa: E402
-from score_sde_jax.evaluation import rounds, sharding  # noqa: E402
-from score_sde_jax.evaluation import steps as eval_steps  # noqa: E402
+from score_sde_jax import files as eval_io  # noqa: E402
+from score_sde_jax.evaluation import rounds, statistics  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 SIZE, NUM_IMAGES = 16, 12
@@ -133,9 +135,9 @@ def evaluated(workdir):
     must reuse checkpoint 1's results). FID is costly on CPU, so it is computed once."""
     config = make_config(workdir)
     config.eval.end_ckpt = 1
-    first = eval_lib.evaluate(config, workdir / "run")
+    first = evaluation.evaluate(config, workdir / "run")
     config.eval.end_ckpt, config.eval.enable_sampling = 2, False
-    second = eval_lib.evaluate(config, workdir / "run")
+    second = evaluation.evaluate(config, workdir / "run")
     assert second[1] == {k: v for k, v in first[1].items()
                          if k in ("step", "loss", "bpd", "bpd_std")}
     config.eval.end_ckpt, config.eval.enable_sampling = 1, True
@@ -157,14 +159,14 @@ def test_bits_per_dim_equal_the_exact_model_density(evaluated, workdir):
     config, results = evaluated
     eval_dir = workdir / "run" / "eval"
     for k, step in ((1, 5), (2, 10)):
-        saved = eval_io.load_npz(eval_dir / f"test_ckpt_{k}_bpd.npz")
+        saved = eval_io.read_npz(eval_dir / f"test_ckpt_{k}_bpd.npz")
         data = np.concatenate([dequantized(config, step, r) for r in range(2)])
         assert data.shape == (2 * NUM_IMAGES, SIZE, SIZE, 1)
         np.testing.assert_allclose(saved["bpd"], exact_bpd(data, S_EMA[step]), atol=2e-3)
         assert results[k]["bpd"] == pytest.approx(exact_bpd(data, S_EMA[step]).mean(), abs=1e-3)
     # fresh dequantization noise in each repeat
     assert not np.allclose(saved["bpd"][:NUM_IMAGES], saved["bpd"][NUM_IMAGES:])
-    records = eval_io.read_jsonl(eval_dir / eval_lib.RESULTS_FILE)
+    records = eval_io.read_jsonl(eval_dir / rounds.RESULTS_FILE)
     assert sorted((r["ckpt"], r["kind"]) for r in records) == [
         (1, "bpd"), (1, "loss"), (1, "samples"), (2, "bpd"), (2, "loss")]
 
@@ -173,12 +175,12 @@ def test_sample_rounds_statistics_and_report(evaluated, workdir):
     config, results = evaluated
     eval_dir = workdir / "run" / "eval"
     folder = eval_dir / "ckpt_1_host_0"
-    files = [eval_io.load_npz(folder / f"samples_{r}.npz") for r in range(2)]
+    files = [eval_io.read_npz(folder / f"samples_{r}.npz") for r in range(2)]
     samples = [f["samples"] for f in files]
     assert all(s.shape == (8, SIZE, SIZE, 1) and s.dtype == np.uint8 for s in samples)
     assert [f["indices"].tolist() for f in files] == [list(range(8)), list(range(8, 16))]
     assert not np.array_equal(samples[0], samples[1])  # each sample has its own key
-    stats = [eval_io.load_npz(eval_dir / "ckpt_1" / f"round_{r}.npz") for r in range(2)]
+    stats = [eval_io.read_npz(eval_dir / "ckpt_1" / f"round_{r}.npz") for r in range(2)]
     assert [s["pool"].shape for s in stats] == [(8, 2048)] * 2
     ref = evaluation.load_statistics(eval_dir / f"npz_{SIZE}_ref_stats.npz")
     assert ref["pool"].shape == (NUM_IMAGES, 2048) and ref["logits"].shape == (NUM_IMAGES, 1008)
@@ -187,7 +189,7 @@ def test_sample_rounds_statistics_and_report(evaluated, workdir):
     expected = {"fid": fid_low_rank(pool, ref["pool"]),
                 "kid": evaluation.kid(pool, ref["pool"]),
                 "inception_score": evaluation.inception_score(logits, splits=1)}
-    report = eval_io.load_npz(eval_dir / "report_1.npz")
+    report = eval_io.read_npz(eval_dir / "report_1.npz")
     for name in ("fid", "kid", "inception_score"):
         assert float(report[name]) == pytest.approx(expected[name], rel=1e-4)
         assert results[1][name] == pytest.approx(expected[name], rel=1e-4)
@@ -196,7 +198,7 @@ def test_sample_rounds_statistics_and_report(evaluated, workdir):
     assert int(report["num_samples"]) == 12 and int(report["ref_num_samples"]) == NUM_IMAGES
     assert str(report["ref_stats_path"]) == str(eval_dir / f"npz_{SIZE}_ref_stats.npz")
     assert str(report["inception_sha256"]) == eval_io.sha256(config.eval.inception_path)
-    record = [r for r in eval_io.read_jsonl(eval_dir / eval_lib.RESULTS_FILE) if r["kind"] == "samples"]
+    record = [r for r in eval_io.read_jsonl(eval_dir / rounds.RESULTS_FILE) if r["kind"] == "samples"]
     assert record[0]["inception_sha256"] == str(report["inception_sha256"])
     assert record[0]["quantize"] == "truncate" and record[0]["num_samples"] == 12
 
@@ -204,18 +206,18 @@ def test_sample_rounds_statistics_and_report(evaluated, workdir):
 def test_eval_loss_is_the_training_objective_of_the_ema_weights(evaluated, workdir):
     config, results = evaluated
     sde, _ = sde_lib.get_sde(config)
-    loss_fn = train_lib.get_step_loss(config, sde, mutils.get_model(config), train=False)
+    loss_fn = losses.get_step_loss(config, sde, mutils.get_model(config), train=False)
     params = {"log_s": jnp.asarray(math.log(S_EMA[5]), jnp.float32)}
     rng = eval_lib.sample_key(config, 5, eval_lib.LOSS_STREAM)
     scaler = datasets.get_data_scaler(config)
     ds = datasets.get_dataset(config, "test", evaluation=True, drop_remainder=False)
     examples = [(x, y) for b in ds for x, y in zip(scaler(b["image"]), b["label"], strict=True)]
     assert len(examples) == NUM_IMAGES
-    losses = [float(loss_fn(params, jax.random.fold_in(rng, i), {"image": x[None], "label": y[None]})[0])
+    values = [float(loss_fn(params, jax.random.fold_in(rng, i), {"image": x[None], "label": y[None]})[0])
               for i, (x, y) in enumerate(examples)]  # each example with its own key
-    assert results[1]["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
-    saved = eval_io.load_npz(workdir / "run" / "eval" / "ckpt_1_loss.npz")
-    assert float(saved["mean_loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+    assert results[1]["loss"] == pytest.approx(np.mean(values), rel=1e-5)
+    saved = eval_io.read_npz(workdir / "run" / "eval" / "ckpt_1_loss.npz")
+    assert float(saved["mean_loss"]) == pytest.approx(np.mean(values), rel=1e-5)
 
 
 def test_restart_skips_finished_work_and_redoes_only_missing_rounds(evaluated, workdir,
@@ -246,33 +248,33 @@ def test_restart_skips_finished_work_and_redoes_only_missing_rounds(evaluated, w
     monkeypatch.setattr(eval_lib, "get_sample_fn", counting_sampler)
     monkeypatch.setattr(rounds, "inception_features", counting_stats)
     monkeypatch.setattr(evaluation, "metrics_from_statistics", cheap_metrics)
-    assert eval_lib.evaluate(config, run) == {1: results[1]}
+    assert evaluation.evaluate(config, run) == {1: results[1]}
     assert mtimes(eval_dir) == before and calls == {"sample": 0, "inception": 0}
 
     # an evaluation killed during round 1 (its samples written, its features not)
     folder = eval_dir / "ckpt_1_host_0"
     samples_0 = (folder / "samples_0.npz").stat().st_mtime_ns
-    samples_1 = eval_io.load_npz(folder / "samples_1.npz")["samples"]
+    samples_1 = eval_io.read_npz(folder / "samples_1.npz")["samples"]
     (eval_dir / "ckpt_1" / "round_1.npz").unlink()
     (eval_dir / "report_1.npz").unlink()
-    again = eval_lib.evaluate(config, run)
+    again = evaluation.evaluate(config, run)
     assert calls == {"sample": 1, "inception": 1}  # only round 1 redone
     assert (folder / "samples_0.npz").stat().st_mtime_ns == samples_0
     # round keys depend only on (checkpoint, round): the redone round has the same samples
-    np.testing.assert_array_equal(eval_io.load_npz(folder / "samples_1.npz")["samples"], samples_1)
+    np.testing.assert_array_equal(eval_io.read_npz(folder / "samples_1.npz")["samples"], samples_1)
     for name in ("fid", "kid", "inception_score"):
         assert again[1][name] == pytest.approx(results[1][name], rel=1e-4)
 
 
 def test_eight_devices_give_the_samples_bits_per_dim_and_report_of_one(evaluated, workdir):
     config, results = evaluated
-    one = train_lib.make_mesh(jax.devices()[:1])
+    one = sharding.make_mesh(jax.devices()[:1])
     sde, eps = sde_lib.get_sde(config)
-    build = eval_steps.score_fn_builder(config, sde)
+    build = eval_lib.score_fn_builder(config, sde)
     params = {"log_s": jnp.asarray(math.log(S_EMA[5]), jnp.float32)}
     out = {}
-    for name, mesh in (("eight", train_lib.make_mesh()), ("one", one)):
-        fn = eval_steps.get_sample_fn(config, sde, build, 8, eps, mesh)
+    for name, mesh in (("eight", sharding.make_mesh()), ("one", one)):
+        fn = eval_lib.get_sample_fn(config, sde, build, 8, eps, mesh)
         out[name], _ = fn(sharding.replicate(params, mesh), eval_lib.sample_key(config, 5),
                           sharding.global_array(np.arange(8, 16), mesh))
     assert len(out["eight"].sharding.device_set) == 8 == jax.device_count()
@@ -283,34 +285,34 @@ def test_eight_devices_give_the_samples_bits_per_dim_and_report_of_one(evaluated
     config = make_config(workdir)
     config.eval.end_ckpt = 1
     config.eval.ref_stats_path = str(eval_dir / f"npz_{SIZE}_ref_stats.npz")
-    single = eval_lib.evaluate(config, workdir / "run", "eval_one_device", mesh=one)
+    single = evaluation.evaluate(config, workdir / "run", "eval_one_device", mesh=one)
     assert single[1].keys() == results[1].keys()
     for name, value in results[1].items():
         assert single[1][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     other = workdir / "run" / "eval_one_device"
-    np.testing.assert_allclose(eval_io.load_npz(other / "test_ckpt_1_bpd.npz")["bpd"],
-                               eval_io.load_npz(eval_dir / "test_ckpt_1_bpd.npz")["bpd"], atol=1e-5)
+    np.testing.assert_allclose(eval_io.read_npz(other / "test_ckpt_1_bpd.npz")["bpd"],
+                               eval_io.read_npz(eval_dir / "test_ckpt_1_bpd.npz")["bpd"], atol=1e-5)
     for r in range(2):  # uint8 samples: at most one level apart where 255 x sits on a boundary
-        a, b = (eval_io.load_npz(d / "ckpt_1_host_0" / f"samples_{r}.npz")["samples"]
+        a, b = (eval_io.read_npz(d / "ckpt_1_host_0" / f"samples_{r}.npz")["samples"]
                 for d in (eval_dir, other))
         assert np.max(np.abs(a.astype(int) - b)) <= 1 and np.mean(a != b) < 0.01
 
 
 def test_seeds_regenerate_the_samples_of_the_full_run(evaluated, workdir, tmp_path):
     config, _ = evaluated
-    full = eval_io.load_npz(eval_lib.sample(config, workdir / "run", 12, tmp_path, step=5)["npz"])
-    paths = eval_lib.sample(config, workdir / "run", None, tmp_path, step=5, seeds=[9, 3])
+    full = eval_io.read_npz(inference.sample(config, workdir / "run", 12, tmp_path, step=5)["npz"])
+    paths = inference.sample(config, workdir / "run", None, tmp_path, step=5, seeds=[9, 3])
     assert paths["npz"].name == "samples_pc_step_5_seeds_9_3.npz"
-    again = eval_io.load_npz(paths["npz"])
+    again = eval_io.read_npz(paths["npz"])
     assert again["seeds"].tolist() == [9, 3]
     assert np.max(np.abs(again["samples_float"] - full["samples_float"][[9, 3]])) <= 1e-5
     # and they are the evaluation's samples 9 and 3 (checkpoint 1 = step 5)
-    evaluated_samples = eval_io.load_npz(workdir / "run" / "eval" / "ckpt_1_host_0" / "samples_1.npz")
+    evaluated_samples = eval_io.read_npz(workdir / "run" / "eval" / "ckpt_1_host_0" / "samples_1.npz")
     assert evaluated_samples["indices"][1] == 9
     assert np.max(np.abs(evaluated_samples["samples"][1].astype(int) - again["samples"][0])) <= 1
-    assert eval_lib.parse_seeds("0-3,9") == [0, 1, 2, 3, 9] and eval_lib.parse_seeds("5") == [5]
+    assert inference.parse_seeds("0-3,9") == [0, 1, 2, 3, 9] and inference.parse_seeds("5") == [5]
     with pytest.raises(ValueError, match="--seeds='a-b'"):
-        eval_lib.parse_seeds("a-b")
+        inference.parse_seeds("a-b")
 
 
 def test_eval_batch_size_must_divide_over_the_devices(workdir):
@@ -318,25 +320,25 @@ def test_eval_batch_size_must_divide_over_the_devices(workdir):
     config.eval.batch_size = 12
     with pytest.raises(ValueError, match=r"config.eval.batch_size=12 must be a multiple of the "
                                          r"number of devices \(8\)"):
-        eval_lib.evaluate(config, workdir / "run", "bad_batch")
+        evaluation.evaluate(config, workdir / "run", "bad_batch")
 
 
 def test_quantize_truncates_like_the_official_code_or_rounds_like_edm(workdir):
     config = make_config(workdir)
     x = datasets.get_data_scaler(config)(np.array([0.0, 0.2, 0.7, 254.6, 300.0], np.float32) / 255)
-    assert np.asarray(eval_steps.quantize_fn(config)(x)).tolist() == [0, 0, 0, 254, 255]
+    assert np.asarray(statistics.quantize_fn(config)(x)).tolist() == [0, 0, 0, 254, 255]
     config.eval.quantize = "round"
-    assert np.asarray(eval_steps.quantize_fn(config)(x)).tolist() == [0, 0, 1, 255, 255]
+    assert np.asarray(statistics.quantize_fn(config)(x)).tolist() == [0, 0, 1, 255, 255]
     config.eval.quantize = "nearest"
     with pytest.raises(ValueError, match="config.eval.quantize='nearest'"):
-        eval_steps.quantize_fn(config)
+        statistics.quantize_fn(config)
 
 
 def test_missing_inception_weights_fail_first_and_say_where_to_get_them(workdir, tmp_path):
     config = make_config(workdir)
     config.eval.inception_path = str(tmp_path / "nowhere.npz")
     with pytest.raises(FileNotFoundError, match="inception_path") as e:
-        eval_lib.evaluate(config, workdir / "run", eval_folder="other")
+        evaluation.evaluate(config, workdir / "run", eval_folder="other")
     assert evaluation.FID_WEIGHTS_URL in str(e.value)
     assert not list((workdir / "run" / "other").iterdir())
 
@@ -345,17 +347,17 @@ def test_checkpoint_range_uses_snapshot_indices(workdir):
     config = make_config(workdir)
     config.eval.enable_loss = config.eval.enable_bpd = config.eval.enable_sampling = False
     config.eval.begin_ckpt, config.eval.end_ckpt = 2, 5  # 3..5 are not there: skipped
-    assert eval_lib.evaluate(config, workdir / "run", "range") == {2: {"step": 10}}
+    assert evaluation.evaluate(config, workdir / "run", "range") == {2: {"step": 10}}
     config.eval.begin_ckpt = 3
     with pytest.raises(checkpoints.CheckpointNotFoundError, match="begin_ckpt=3"):
-        eval_lib.evaluate(config, workdir / "run", "range")
+        evaluation.evaluate(config, workdir / "run", "range")
 
 
 def test_sample_writes_grid_and_npz_with_the_model_spread(workdir, tmp_path):
     config = make_config(workdir)
-    paths = eval_lib.sample(config, workdir / "run", 6, tmp_path)  # latest: step 10, s = 0.4
+    paths = inference.sample(config, workdir / "run", 6, tmp_path)  # latest: step 10, s = 0.4
     assert paths["png"].name == "samples_pc_step_10.png"
-    data = eval_io.load_npz(paths["npz"])
+    data = eval_io.read_npz(paths["npz"])
     assert data["samples"].shape == (6, SIZE, SIZE, 1) and data["samples"].dtype == np.uint8
     np.testing.assert_array_equal(data["samples"], eval_io.to_uint8(data["samples_float"]))
     # data space: N(1/2, (s/2)^2) per pixel; 1536 values give the spread to a few percent
@@ -365,11 +367,11 @@ def test_sample_writes_grid_and_npz_with_the_model_spread(workdir, tmp_path):
         assert im.size == (3 * (11 * 16 + 2) + 2, 2 * (11 * 16 + 2) + 2) and im.mode == "L"
 
     config.sampling.method = "ode"
-    paths = eval_lib.sample(config, workdir / "run", 8, tmp_path, step=5)  # s = 0.5
+    paths = inference.sample(config, workdir / "run", 8, tmp_path, step=5)  # s = 0.5
     assert paths["npz"].name == "samples_ode_step_5.npz"
-    assert np.std(eval_io.load_npz(paths["npz"])["samples_float"]) == pytest.approx(0.25, rel=0.1)
+    assert np.std(eval_io.read_npz(paths["npz"])["samples_float"]) == pytest.approx(0.25, rel=0.1)
     with pytest.raises(checkpoints.CheckpointNotFoundError, match="steps there: \\[5, 10\\]"):
-        eval_lib.sample(config, workdir / "run", 2, tmp_path, step=7)
+        inference.sample(config, workdir / "run", 2, tmp_path, step=7)
 
 
 def test_toy_data_sample_scatter_and_sample_report(tmp_path):
@@ -383,14 +385,14 @@ def test_toy_data_sample_scatter_and_sample_report(tmp_path):
     ckpt = checkpoints.Checkpointer(tmp_path / "checkpoints")
     ckpt.save(state.replace(step=jnp.asarray(config.training.snapshot_freq, jnp.int32)), config)
     ckpt.close()
-    paths = eval_lib.sample(config, tmp_path, 150, tmp_path / "out")
-    points = eval_io.load_npz(paths["npz"])["samples"]
+    paths = inference.sample(config, tmp_path, 150, tmp_path / "out")
+    points = eval_io.read_npz(paths["npz"])["samples"]
     assert points.shape == (150, 2) and points.dtype == np.float32
     with Image.open(paths["png"]) as im:
         assert im.mode == "RGB" and np.asarray(im).min() < 128  # dots were drawn
 
-    results = eval_lib.evaluate(config, tmp_path)
-    samples = np.concatenate([eval_io.load_npz(tmp_path / "eval" / "ckpt_1_host_0" /
+    results = evaluation.evaluate(config, tmp_path)
+    samples = np.concatenate([eval_io.read_npz(tmp_path / "eval" / "ckpt_1_host_0" /
                                                f"samples_{r}.npz")["samples"] for r in range(2)])[:200]
     from score_sde_jax.data import toy
 
@@ -403,13 +405,13 @@ def test_toy_data_sample_scatter_and_sample_report(tmp_path):
 def test_bpd_offset_includes_the_scaler_log_det():
     config = digits_config()
     config.data.centered = True
-    assert eval_steps.bpd_offset(config) == 7.0
+    assert eval_lib.bpd_offset(config) == 7.0
     config.data.centered = False
-    assert eval_steps.bpd_offset(config) == 8.0
+    assert eval_lib.bpd_offset(config) == 8.0
     toy = tiny_toy_config()
-    assert eval_steps.bpd_offset(toy) == 0.0
+    assert eval_lib.bpd_offset(toy) == 0.0
     toy.data.centered = True
-    assert eval_steps.bpd_offset(toy) == -1.0
+    assert eval_lib.bpd_offset(toy) == -1.0
 
 
 def test_image_grid_layout_and_atomic_files(tmp_path):

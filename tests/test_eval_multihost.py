@@ -14,9 +14,8 @@ import pytest
 from test_multihost import _free_port
 from training_helpers import ROOT, subprocess_env, tiny_toy_config
 
-from score_sde_jax import checkpoints, train_lib
-from score_sde_jax.evaluation import files as io
-from score_sde_jax.evaluation import loops
+from score_sde_jax import checkpoints, evaluation, inference, sharding, train_lib
+from score_sde_jax import files as io
 
 SEEDS = [3, 21]
 
@@ -37,8 +36,8 @@ def worker(process_id: int, port: int, workdir: str) -> None:
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                                process_id=process_id)
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
-    loops.evaluate(eval_config(), workdir, "eval_two_processes")
-    loops.sample(eval_config(), workdir, None, f"{workdir}/seeds", seeds=SEEDS)
+    evaluation.evaluate(eval_config(), workdir, "eval_two_processes")
+    inference.sample(eval_config(), workdir, None, f"{workdir}/seeds", seeds=SEEDS)
     jax.distributed.shutdown()
 
 
@@ -53,8 +52,8 @@ def test_two_processes_evaluate_like_one(tmp_path):
     procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
-    single = loops.evaluate(config, tmp_path, "eval_one_device",  # meanwhile, on one device
-                            mesh=train_lib.make_mesh(jax.devices()[:1]))
+    single = evaluation.evaluate(config, tmp_path, "eval_one_device",  # meanwhile, on one device
+                            mesh=sharding.make_mesh(jax.devices()[:1]))
     outputs = []
     for p in procs:
         try:
@@ -68,22 +67,22 @@ def test_two_processes_evaluate_like_one(tmp_path):
     assert "sliced_wasserstein" in outputs[0][0] and "ckpt" in outputs[0][0]  # the summary table
     assert "sliced_wasserstein" not in outputs[1][0]  # printed by process 0 only
     for name in ("ckpt_1_loss.npz", "test_ckpt_1_bpd.npz", "report_1.npz"):
-        a, b = io.load_npz(two / name), io.load_npz(one / name)
+        a, b = io.read_npz(two / name), io.read_npz(one / name)
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=f"{name}:{key}")
     for r in range(2):  # process 0 merged both processes' rows; each wrote only its own
-        np.testing.assert_allclose(io.load_npz(two / "ckpt_1" / f"round_{r}.npz")["samples"],
-                                   io.load_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"],
+        np.testing.assert_allclose(io.read_npz(two / "ckpt_1" / f"round_{r}.npz")["samples"],
+                                   io.read_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"],
                                    rtol=1e-5, atol=1e-5)
-        rows = [io.load_npz(two / f"ckpt_1_host_{h}" / f"samples_{r}.npz")["indices"] for h in (0, 1)]
+        rows = [io.read_npz(two / f"ckpt_1_host_{h}" / f"samples_{r}.npz")["indices"] for h in (0, 1)]
         assert sorted(np.concatenate(rows).tolist()) == list(range(16 * r, 16 * r + 16))
         assert len(rows[0]) == len(rows[1]) == 8
-    regenerated = io.load_npz(next((tmp_path / "seeds").glob("*.npz")))
-    merged = np.concatenate([io.load_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"] for r in (0, 1)])
+    regenerated = io.read_npz(next((tmp_path / "seeds").glob("*.npz")))
+    merged = np.concatenate([io.read_npz(one / "ckpt_1" / f"round_{r}.npz")["samples"] for r in (0, 1)])
     # the untrained model's samples are O(100): float summation order shows at 1e-5 relative
     np.testing.assert_allclose(regenerated["samples"], merged[SEEDS], rtol=1e-5, atol=1e-5)
-    assert single[1]["bpd"] == pytest.approx(float(io.load_npz(two / "test_ckpt_1_bpd.npz")["mean_bpd"]),
+    assert single[1]["bpd"] == pytest.approx(float(io.read_npz(two / "test_ckpt_1_bpd.npz")["mean_bpd"]),
                                              rel=1e-5)
 
 

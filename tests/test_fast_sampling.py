@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import io_callback
-from ml_collections import ConfigDict
-from test_sampling import GMM, N_SAMPLES, _sw, noise_threshold
+from test_sampling import GMM, N_SAMPLES, _sw, noise_threshold, sampling_config
 
-from score_sde_jax import analytic, fast_sampling, sampling, sde_lib
+from score_sde_jax import analytic, sampling, sde_lib
 
 SDES = {
     "ve": (sde_lib.VESDE, 1e-5),
@@ -23,7 +22,7 @@ GAUSS = dict(weights=[1.0], means=[[1.0, -2.0]], covs=[[[0.5, 0.2], [0.2, 0.3]]]
 @pytest.mark.parametrize("name", SDES)
 def test_sigma_schedule_inverts_the_sde(name, x64):
     sde = SDES[name][0]()
-    sched = fast_sampling.SigmaSchedule(sde)
+    sched = sampling.SigmaSchedule(sde)
     t = jnp.linspace(1e-5, 1.0, 101)
     m = sde.mean_coeff(t)
     std = sde.marginal_prob(jnp.zeros_like(t), t)[1]
@@ -41,8 +40,8 @@ def test_data_prediction_is_the_posterior_mean(name, x64):
     """x̂₀ = (x + std² s)/m equals E[x₀ | x_t] = μ + m Σ (m² Σ + std² I)⁻¹ (x − m μ) exactly."""
     sde = SDES[name][0]()
     g = analytic.GaussianMixture(**GAUSS)
-    sched = fast_sampling.SigmaSchedule(sde)
-    x0_fn = fast_sampling.data_prediction(g.score_fn(sde), sched)
+    sched = sampling.SigmaSchedule(sde)
+    x0_fn = sampling.data_prediction(g.score_fn(sde), sched)
     x = jax.random.normal(jax.random.PRNGKey(0), (5, 2)) * 3
     for sigma in (1e-3, 0.3, 2.0, 40.0):
         m, std = float(sched.mean_coeff(jnp.asarray(sigma))), float(sched.std(jnp.asarray(sigma)))
@@ -51,9 +50,9 @@ def test_data_prediction_is_the_posterior_mean(name, x64):
         want = mu + (x - m * mu) @ gain.T
         np.testing.assert_allclose(x0_fn(x, jnp.full((5,), sigma)), want, rtol=1e-9, atol=1e-10)
         score = g.score_fn(sde)(x, sched.time(jnp.full((5,), sigma)))
-        noise = fast_sampling.score_to_noise(score, jnp.full((5,), std))
-        np.testing.assert_allclose(fast_sampling.noise_to_score(noise, jnp.full((5,), std)), score)
-        back = fast_sampling.data_to_score(x, want, jnp.full((5,), m), jnp.full((5,), std))
+        noise = sampling.score_to_noise(score, jnp.full((5,), std))
+        np.testing.assert_allclose(sampling.noise_to_score(noise, jnp.full((5,), std)), score)
+        back = sampling.data_to_score(x, want, jnp.full((5,), m), jnp.full((5,), std))
         np.testing.assert_allclose(back, score, rtol=1e-8, atol=1e-9)
 
 
@@ -75,12 +74,12 @@ def _exact_flow(sde, g, z, t_end):
 
 
 CONVERGENCE = {  # sampler factory, order, ends at t = 0 (Heun) or ε
-    "heun": (lambda sde, n, eps: fast_sampling.get_heun_sampler(sde, (64, 2), n, eps=eps), 2, True),
-    "dpm1": (lambda sde, n, eps: fast_sampling.get_dpm_solver_sampler(
+    "heun": (lambda sde, n, eps: sampling.get_heun_sampler(sde, (64, 2), n, eps=eps), 2, True),
+    "dpm1": (lambda sde, n, eps: sampling.get_dpm_solver_sampler(
         sde, (64, 2), n, 1, lower_order_final=False, eps=eps), 1, False),
-    "dpm2": (lambda sde, n, eps: fast_sampling.get_dpm_solver_sampler(
+    "dpm2": (lambda sde, n, eps: sampling.get_dpm_solver_sampler(
         sde, (64, 2), n, 2, lower_order_final=False, eps=eps), 2, False),
-    "dpm3": (lambda sde, n, eps: fast_sampling.get_dpm_solver_sampler(
+    "dpm3": (lambda sde, n, eps: sampling.get_dpm_solver_sampler(
         sde, (64, 2), n, 3, lower_order_final=False, eps=eps), 3, False),
 }
 
@@ -105,10 +104,10 @@ def test_converges_to_the_exact_flow_at_its_order(name, solver, x64):
 
 
 FEW_STEP = {  # name -> (factory(sde, eps, shape), NFE); all ≤ 20 NFE
-    "heun": (lambda sde, eps, shape: fast_sampling.get_heun_sampler(
+    "heun": (lambda sde, eps, shape: sampling.get_heun_sampler(
         # sub-VP's ε = 1e-3 is σ̃ = 1.1e-4; σ_min = 0.01 (VE's, VP's) spends the 10 steps better
         sde, shape, 10, eps=eps, sigma_min=0.01 if isinstance(sde, sde_lib.subVPSDE) else None), 19),
-    "dpm_2m": (lambda sde, eps, shape: fast_sampling.get_dpm_solver_sampler(sde, shape, 20, 2, eps=eps), 20),
+    "dpm_2m": (lambda sde, eps, shape: sampling.get_dpm_solver_sampler(sde, shape, 20, 2, eps=eps), 20),
 }
 
 
@@ -129,10 +128,10 @@ def test_adaptive_and_churn_samples_match_truth(name):
     make_sde, eps = SDES[name]
     sde = make_sde()
     score = GMM.score_fn(sde)
-    adaptive = fast_sampling.get_adaptive_dpm_solver_sampler(sde, (N_SAMPLES, 2), 3, eps=eps)
+    adaptive = sampling.get_adaptive_dpm_solver_sampler(sde, (N_SAMPLES, 2), 3, eps=eps)
     x, nfe = jax.jit(lambda r: adaptive(r, score))(jax.random.PRNGKey(0))
     assert 20 < int(nfe) < 300 and _sw(x) < noise_threshold()
-    churn = fast_sampling.get_heun_sampler(sde, (N_SAMPLES, 2), 25, s_churn=5.0, s_tmax=10.0, eps=eps)
+    churn = sampling.get_heun_sampler(sde, (N_SAMPLES, 2), 25, s_churn=5.0, s_tmax=10.0, eps=eps)
     run = jax.jit(lambda r: churn(r, score)[0])
     x = run(jax.random.PRNGKey(0))
     assert _sw(x) < noise_threshold()
@@ -153,12 +152,12 @@ def _counted(score):
 
 
 NFE_CASES = {
-    "heun": lambda sde: fast_sampling.get_heun_sampler(sde, (16, 2), 4),
-    "heun_churn": lambda sde: fast_sampling.get_heun_sampler(sde, (16, 2), 5, s_churn=3.0),
-    "dpm2_denoise": lambda sde: fast_sampling.get_dpm_solver_sampler(sde, (16, 2), 6, 2, denoise=True),
-    "dpm3_karras": lambda sde: fast_sampling.get_dpm_solver_sampler(sde, (16, 2), 16, 3, "karras"),
-    "adaptive2": lambda sde: fast_sampling.get_adaptive_dpm_solver_sampler(sde, (16, 2), 2, 0.01, 0.01),
-    "adaptive3": lambda sde: fast_sampling.get_adaptive_dpm_solver_sampler(sde, (16, 2), 3, denoise=True),
+    "heun": lambda sde: sampling.get_heun_sampler(sde, (16, 2), 4),
+    "heun_churn": lambda sde: sampling.get_heun_sampler(sde, (16, 2), 5, s_churn=3.0),
+    "dpm2_denoise": lambda sde: sampling.get_dpm_solver_sampler(sde, (16, 2), 6, 2, denoise=True),
+    "dpm3_karras": lambda sde: sampling.get_dpm_solver_sampler(sde, (16, 2), 16, 3, "karras"),
+    "adaptive2": lambda sde: sampling.get_adaptive_dpm_solver_sampler(sde, (16, 2), 2, 0.01, 0.01),
+    "adaptive3": lambda sde: sampling.get_adaptive_dpm_solver_sampler(sde, (16, 2), 3, denoise=True),
 }
 
 
@@ -177,13 +176,13 @@ def test_config_selects_fast_samplers():
     sde = sde_lib.VPSDE()
     score = GMM.score_fn(sde)
     rng = jax.random.PRNGKey(0)
-    cfg = ConfigDict({"sampling": {"method": "heun", "num_steps": 6, "rho": 5.0}})
+    cfg = sampling_config(method="heun", num_steps=6, rho=5.0)
     x, nfe = sampling.get_sampling_fn(cfg, sde, (4, 2), 1e-3)(rng, score)
-    want, _ = fast_sampling.get_heun_sampler(sde, (4, 2), 6, rho=5.0)(rng, score)
+    want, _ = sampling.get_heun_sampler(sde, (4, 2), 6, rho=5.0)(rng, score)
     assert nfe == 11
     np.testing.assert_array_equal(x, want)
-    cfg = ConfigDict({"sampling": {"method": "dpm_solver", "num_steps": 9, "order": 3,
-                                   "skip_type": "time_uniform", "noise_removal": True}})
+    cfg = sampling_config(method="dpm_solver", num_steps=9, order=3, skip_type="time_uniform",
+                          noise_removal=True)
     x, nfe = sampling.get_sampling_fn(cfg, sde, (4, 2), 1e-3)(rng, score)
     assert nfe == 10 and x.shape == (4, 2)
     cfg.sampling.adaptive = True
@@ -191,8 +190,8 @@ def test_config_selects_fast_samplers():
     assert isinstance(nfe, jax.Array) and int(nfe) > 10 and x.shape == (4, 2)
 
 
-FACTORIES = {"heun": fast_sampling.get_heun_sampler, "dpm": fast_sampling.get_dpm_solver_sampler,
-             "adaptive": fast_sampling.get_adaptive_dpm_solver_sampler}
+FACTORIES = {"heun": sampling.get_heun_sampler, "dpm": sampling.get_dpm_solver_sampler,
+             "adaptive": sampling.get_adaptive_dpm_solver_sampler}
 BAD = [
     ("heun", {"num_steps": 0}, r"heun: num_steps must be >= 1, got 0"),
     ("heun", {"rho": 0}, r"heun: rho must be > 0"),
@@ -216,7 +215,7 @@ def test_bad_options_raise_clear_errors(factory, options, message):
 def test_bad_inputs_raise_clear_errors():
     sde = sde_lib.VPSDE()
     score = GMM.score_fn(sde)
-    sampler = fast_sampling.get_dpm_solver_sampler(sde, (4, 2), 5)
+    sampler = sampling.get_dpm_solver_sampler(sde, (4, 2), 5)
     with pytest.raises(ValueError, match=r"z has shape \(3, 2\), the sampler was built for shape \(4, 2\)"):
         sampler(jax.random.PRNGKey(0), score, z=jnp.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"returned shape \(4,\) for x of shape \(4, 2\)"):
@@ -226,7 +225,7 @@ def test_bad_inputs_raise_clear_errors():
         sde = marginal_prob = prior_sampling = prior_logp = None
 
     with pytest.raises(ValueError, match="need a VESDE, VPSDE or subVPSDE, got OtherSDE"):
-        fast_sampling.get_heun_sampler(OtherSDE(10), (4, 2))
-    adaptive = fast_sampling.get_adaptive_dpm_solver_sampler(sde, (4, 2), max_steps=3)
+        sampling.get_heun_sampler(OtherSDE(10), (4, 2))
+    adaptive = sampling.get_adaptive_dpm_solver_sampler(sde, (4, 2), max_steps=3)
     with pytest.raises(Exception, match="max_steps=3"):
         jax.block_until_ready(adaptive(jax.random.PRNGKey(0), score)[0])

@@ -100,7 +100,7 @@ def test_train_then_sample_then_a_mismatched_config(tmp_path):
                           **{"training.n_iters": 20, "model.nf": 16})
     assert mismatched.returncode == 1
     error = mismatched.stderr.splitlines()[-1]
-    assert error.startswith(f"main.py: error: MismatchedCheckpointError: checkpoint "
+    assert error.startswith(f"main.py: error: CheckpointMismatchError: checkpoint "
                             f"{tmp_path / 'checkpoints-meta' / '10'} does not fit the model")
     assert "model.nf=32 (now 16)" in error
     assert "Traceback" not in mismatched.stderr

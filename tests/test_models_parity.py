@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_sde_jax import checkpoints, checkpoints_import
-from score_sde_jax.convert import load_config
+from score_sde_jax import checkpoints
+from score_sde_jax.cli import load_config
 from score_sde_jax.models import get_model, layers, layerspp
 from score_sde_jax.models import up_or_down_sampling as ud
 
@@ -85,7 +85,7 @@ def test_official_pytorch_output(name):
 def _count_model(model_json, data_json):
     config = ml_collections.ConfigDict({"model": json.loads(model_json),
                                         "data": json.loads(data_json)})
-    return count(checkpoints_import.model_template(config)[0])
+    return count(checkpoints.model_template(config)[0])
 
 
 @pytest.mark.parametrize("path", sorted(OFFICIAL_COUNTS))
@@ -105,7 +105,7 @@ def random_variables(shapes, seed=0):
 
 def test_full_size_ncsnpp_forward_batch2():
     config = load_config(os.path.join(ROOT, "configs/ve/cifar10_ncsnpp_continuous.py"))
-    shapes, _ = checkpoints_import.model_template(config)
+    shapes, _ = checkpoints.model_template(config)
     variables = random_variables(shapes)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
     sigmas = jnp.array([0.01, 50.0])
@@ -159,7 +159,7 @@ def test_option_combinations_run(progressive, progressive_input, resblock, fir):
     config = tiny_config(progressive=progressive, progressive_input=progressive_input,
                          resblock_type=resblock, fir=fir, dropout=0.5)
     model = get_model(config)
-    shapes, _ = checkpoints_import.model_template(config)
+    shapes, _ = checkpoints.model_template(config)
     variables = random_variables(shapes)  # no zero-initialised output convolutions
     apply = jax.jit(model.apply, static_argnames="train")
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
@@ -192,7 +192,7 @@ def test_dropout_only_when_training(block):
 
 def test_official_flax_module_names():
     config, _, _ = parity_case("ncsnpp_ve_continuous_small")
-    shapes, order = checkpoints_import.model_template(config)
+    shapes, order = checkpoints.model_template(config)
     biggan = [f"ResnetBlockBigGANpp_{i}" for i in range(10)]
     assert order == ["GaussianFourierProjection_0", "Dense_0", "Dense_1", "Conv_0", *biggan[:2],
                      "Downsample_0", biggan[2], "AttnBlockpp_0", biggan[3], "AttnBlockpp_1",

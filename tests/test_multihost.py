@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from training_helpers import ROOT, max_abs_diff, subprocess_env, tiny_toy_config
 
-from score_sde_jax import checkpoints, preemption, train_lib
+from score_sde_jax import checkpoints, preemption, sharding, train_lib
 
 N_STEPS, GLOBAL_BATCH = 3, 64
 # numpy-sampled toy data; dropout on, so that the per-example keys must line up across hosts
@@ -40,12 +40,12 @@ def global_batches():
 def train_steps(part: slice | None = None):
     """N_STEPS updates over all devices of all processes; this process feeds rows ``part``."""
     config = tiny_toy_config(**STEP_CONFIG)
-    mesh = train_lib.make_mesh()
-    state = train_lib.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
     step = train_lib.compile_train_step(config, mesh)
     for batch in global_batches():
         local = {k: v[part] if part else v for k, v in batch.items()}
-        state, _ = step(state, train_lib.make_global_batch(local, mesh))
+        state, _ = step(state, sharding.make_global_batch(local, mesh))
     return jax.device_get(state)
 
 

@@ -4,7 +4,7 @@ scatter plots with axes and one scale shared by all panels."""
 import numpy as np
 from PIL import Image
 
-from score_sde_jax.evaluation import files
+from score_sde_jax import files
 
 
 def test_small_images_are_enlarged_by_nearest_neighbour_with_a_grey_border(tmp_path):

@@ -10,8 +10,17 @@ import pytest
 from test_models_parity import PARITY, parity_case
 from training_helpers import ROOT, tiny_toy_config
 
-from score_sde_jax import checkpoints, likelihood, losses, memory_estimate, sampling, sde_lib, train_lib
-from score_sde_jax.convert import load_config
+from score_sde_jax import (
+    checkpoints,
+    likelihood,
+    losses,
+    memory_estimate,
+    sampling,
+    sde_lib,
+    sharding,
+    train_lib,
+)
+from score_sde_jax.cli import load_config
 from score_sde_jax.models import get_model, init_model
 from score_sde_jax.models import utils as mutils
 
@@ -189,14 +198,14 @@ def test_remat_gradients_equal_the_plain_ones(name):
 
 # ---------------------------------------------------------------------------- accumulation
 def _three_updates(config, devices):
-    mesh = train_lib.make_mesh(devices)
-    state = train_lib.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+    mesh = sharding.make_mesh(devices)
+    state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
     rng = np.random.default_rng(0)
     step = train_lib.compile_train_step(config, mesh)
     for _ in range(3):
         batch = {"image": rng.normal(size=(64, 2)).astype(np.float32),
                  "label": np.zeros(64, np.int32)}
-        state, metrics = step(state, train_lib.make_global_batch(batch, mesh))
+        state, metrics = step(state, sharding.make_global_batch(batch, mesh))
     return jax.device_get(state), jax.device_get(metrics)
 
 
@@ -228,7 +237,7 @@ def test_the_batched_loss_equals_the_per_example_one(objective):
     config = tiny_toy_config(**overrides, **{"model.dropout": 0.0})
     assert train_lib.batched_loss(config)
     sde, _ = sde_lib.get_sde(config)
-    loss = train_lib.get_step_loss(config, sde, get_model(config), train=True)
+    loss = losses.get_step_loss(config, sde, get_model(config), train=True)
     params = train_lib.create_train_state(config, jax.random.PRNGKey(0)).params
     keys = jax.random.split(jax.random.PRNGKey(1), 8)
     batch = {"image": jax.random.normal(jax.random.PRNGKey(2), (8, 2)), "label": jnp.zeros(8, jnp.int32)}
@@ -241,14 +250,14 @@ def test_the_batched_loss_equals_the_per_example_one(objective):
     config.model.dropout = 0.1
     assert not train_lib.batched_loss(config)
     with pytest.raises(ValueError, match="per-example keys for a batch need model.dropout = 0"):
-        train_lib.get_step_loss(config, sde, get_model(config), train=True)(params, keys, batch)
+        losses.get_step_loss(config, sde, get_model(config), train=True)(params, keys, batch)
 
 
 def test_accumulation_errors_name_the_key():
     config = tiny_toy_config(**{"training.grad_accum_steps": 3})
-    mesh = train_lib.make_mesh()
-    state = train_lib.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
-    batch = train_lib.make_global_batch({"image": np.zeros((64, 2), np.float32),
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+    batch = sharding.make_global_batch({"image": np.zeros((64, 2), np.float32),
                                          "label": np.zeros(64, np.int32)}, mesh)
     with pytest.raises(ValueError, match=r"global batch of 64 is not divisible by "
                                          r"config.training.grad_accum_steps=3"):

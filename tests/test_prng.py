@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde_jax import fast_sampling, prng, sampling, sde_lib
+from score_sde_jax import prng, sampling, sde_lib
 
 
 def test_one_key_draws_like_jax_random_and_per_example_keys_draw_alone():
@@ -39,8 +39,8 @@ def test_a_sample_does_not_depend_on_the_rest_of_its_batch(method):
     shape = (6, 3)
     make = {
         "pc_ald": lambda s: sampling.get_pc_sampler(sde, s, "euler_maruyama", "ald", snr=0.1),
-        "ode_none": lambda s: fast_sampling.get_dpm_solver_sampler(sde, s, num_steps=5),
-        "heun_churn": lambda s: fast_sampling.get_heun_sampler(sde, s, num_steps=4, s_churn=1.0),
+        "ode_none": lambda s: sampling.get_dpm_solver_sampler(sde, s, num_steps=5),
+        "heun_churn": lambda s: sampling.get_heun_sampler(sde, s, num_steps=4, s_churn=1.0),
     }[method]
     keys = prng.example_keys(jax.random.PRNGKey(1), jnp.arange(6))
     score = lambda x, t: -x  # noqa: E731 -- any per-example score

@@ -10,7 +10,7 @@ import pytest
 from jax.experimental import io_callback
 from scipy import integrate
 
-from score_sde_jax import analytic, sampling, sde_lib, step_control
+from score_sde_jax import analytic, ode_solver, sampling, sde_lib
 
 GMM = analytic.default_mixture()
 N_SAMPLES = 4000
@@ -83,7 +83,7 @@ def test_ode_is_deterministic_map_of_prior_and_invertible():
     x2, _ = ode(jax.random.PRNGKey(9), score, z=z)
     np.testing.assert_array_equal(x, x2)
     rsde = sde.reverse(score, probability_flow=True)
-    back, _ = step_control.solve_ode(lambda t, y: rsde.sde(y, jnp.full((8,), t))[0], x, 1e-3, 1.0,
+    back, _ = ode_solver.solve_ode(lambda t, y: rsde.sde(y, jnp.full((8,), t))[0], x, 1e-3, 1.0,
                                  1e-6, 1e-6, "tsit5")
     np.testing.assert_allclose(back, z, atol=2e-3)
 
@@ -150,17 +150,29 @@ def test_wrong_score_shape_names_both_shapes():
         ode(jax.random.PRNGKey(0), lambda x, t: t)
 
 
-def test_get_sampling_fn_from_config():
-    from ml_collections import ConfigDict
+def sampling_config(**settings):
+    """The default config (every config.sampling key) with ``settings`` in config.sampling."""
+    from training_helpers import ROOT  # noqa: F401 -- puts configs/ on the path
 
-    cfg = ConfigDict({"sampling": {"method": "pc", "predictor": "euler_maruyama",
-                                   "corrector": "none", "snr": 0.1, "n_steps_each": 1}})
+    from configs.default_cifar10_configs import get_default_configs
+
+    config = get_default_configs()
+    config.sampling.update(settings)
+    return config
+
+
+def test_get_sampling_fn_from_config():
+    cfg = sampling_config(method="pc", predictor="euler_maruyama", corrector="none", snr=0.1,
+                          n_steps_each=1)
     sde = sde_lib.VPSDE(N=5)
     x, nfe = sampling.get_sampling_fn(cfg, sde, (3, 2), 1e-3)(jax.random.PRNGKey(0), GMM.score_fn(sde))
     assert x.shape == (3, 2) and nfe == 5
     cfg.sampling.method = "magic"
     with pytest.raises(ValueError, match="unknown sampling method 'magic'.*'ode'"):
         sampling.get_sampling_fn(cfg, sde, (3, 2), 1e-3)
+    del cfg.sampling["rho"]
+    with pytest.raises(ValueError, match="config.sampling.rho is missing"):
+        sampling.settings(cfg)
 
 
 @pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 1e-3)])
@@ -175,7 +187,7 @@ def test_the_controller_takes_scipys_steps_forwards_and_backwards(t0, t1, x64):
                               rtol=tol, atol=tol, method="RK45")
     term = diffrax.ODETerm(lambda t, y, args: field(t, y))
     ours = diffrax.diffeqsolve(term, diffrax.Dopri5(), t0, t1, None, y0, saveat=diffrax.SaveAt(steps=True),
-                               stepsize_controller=step_control.ScipyRK45Controller(tol, tol, 1.5))
+                               stepsize_controller=ode_solver.ScipyRK45Controller(tol, tol, 1.5))
     ts = np.asarray(ours.ts)[np.isfinite(np.asarray(ours.ts))]
     assert len(sol.t) > 10
     np.testing.assert_allclose(ts, sol.t[1:], rtol=1e-8)

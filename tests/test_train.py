@@ -9,7 +9,18 @@ import pytest
 from training_helpers import max_abs_diff, tiny_toy_config
 
 from configs.digits import get_config as digits_config
-from score_sde_jax import analytic, checkpoints, logging_utils, losses, run_lib, sampling, sde_lib, train_lib
+from score_sde_jax import (
+    analytic,
+    checkpoints,
+    datasets,
+    logging_utils,
+    losses,
+    run_lib,
+    sampling,
+    sde_lib,
+    sharding,
+    train_lib,
+)
 from score_sde_jax.data.toy import gaussian_mixture_from_config
 from score_sde_jax.models import utils as mutils
 
@@ -24,7 +35,7 @@ def test_training_lowers_the_loss_and_brings_samples_to_the_data(tmp_path):
         "training.snapshot_freq": 200, "training.snapshot_freq_for_preemption": 100,
         "optim.lr": 3e-3, "optim.warmup": 20, "data.dataset": "GMM"})
     untrained = train_lib.create_train_state(config, jax.random.PRNGKey(config.seed))
-    one_device = train_lib.make_mesh(jax.devices()[:1])  # 8-device runs: the tests below
+    one_device = sharding.make_mesh(jax.devices()[:1])  # 8-device runs: the tests below
     trained = jax.device_get(run_lib.train(config, str(tmp_path), mesh=one_device))
     assert int(trained.step) == 200
     assert [r["step"] for r in logging_utils.read_metrics(tmp_path)] == [50, 100, 150, 200]
@@ -32,7 +43,7 @@ def test_training_lowers_the_loss_and_brings_samples_to_the_data(tmp_path):
     gmm = gaussian_mixture_from_config(config.data)
     sde, eps = sde_lib.get_sde(config)
     model = mutils.get_model(config)
-    loss_fn = jax.jit(train_lib.get_step_loss(config, sde, model, train=False))
+    loss_fn = jax.jit(losses.get_step_loss(config, sde, model, train=False))
     batch = {"image": gmm.sample(jax.random.PRNGKey(7), 4096)}
     loss_before = float(loss_fn(untrained.params, jax.random.PRNGKey(8), batch)[0])
     loss_after = float(loss_fn(trained.params, jax.random.PRNGKey(8), batch)[0])
@@ -54,14 +65,14 @@ def test_training_lowers_the_loss_and_brings_samples_to_the_data(tmp_path):
 
 # ---------------------------------------------------------------------------- data parallelism
 def _run_steps(config, devices, n_steps=3):
-    mesh = train_lib.make_mesh(devices)
-    state = train_lib.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+    mesh = sharding.make_mesh(devices)
+    state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
     rng = np.random.default_rng(0)
     batches = [{"image": rng.normal(size=(64, 2)).astype(np.float32),
                 "label": np.zeros(64, np.int32)} for _ in range(n_steps)]
     step = train_lib.compile_train_step(config, mesh)
     for b in batches:
-        state, _ = step(state, train_lib.make_global_batch(b, mesh))
+        state, _ = step(state, sharding.make_global_batch(b, mesh))
     assert int(state.step) == n_steps
     return jax.device_get(state)
 
@@ -81,7 +92,7 @@ def test_data_parallel_step_equals_the_single_device_step():
 
 def test_several_updates_per_call_train_like_one_per_call(tmp_path):
     """n_jitted_steps=5 (lax.scan; 12 = 5 + 5 + 1 + 1 updates) ends where 12 single calls do."""
-    mesh = train_lib.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     single = run_lib.train(tiny_toy_config(**{"training.n_iters": 12}), str(tmp_path / "a"), mesh)
     scanned = run_lib.train(tiny_toy_config(**{"training.n_iters": 12, "training.n_jitted_steps": 5}),
                             str(tmp_path / "b"), mesh)
@@ -90,35 +101,27 @@ def test_several_updates_per_call_train_like_one_per_call(tmp_path):
 
 
 def test_batch_must_divide_over_devices():
-    mesh = train_lib.make_mesh()
+    mesh = sharding.make_mesh()
     with pytest.raises(ValueError, match="config.training.batch_size=12 must be a multiple of"):
-        train_lib.check_batch_size(12, mesh)
+        sharding.check_batch_size(12, mesh)
 
 
 # ---------------------------------------------------------------------------- optimizer and EMA
 COEF = jnp.array([3.0, -4.0, 0.0])  # gradient of the linear test loss; |COEF| = 5
 
 
-@train_lib.register_task("test_linear", init=lambda rng, config: {"params": {"w": jnp.zeros(3)}})
-def _linear_task(config, sde, model, train):
-    def loss(params, rng, batch):
-        return jnp.sum(COEF * params["w"]), {"batch_mean": jnp.mean(batch["image"])}
-
-    return loss
-
-
-def _linear_config(grad_clip):
-    config = tiny_toy_config(**{"model.ema_rate": 0.5, "optim.lr": 0.1, "optim.warmup": 4,
-                                "optim.eps": 1.0, "optim.grad_clip": grad_clip})
-    config.training.task = "test_linear"
-    return config
+def _linear_loss(params, rng, batch):
+    """A custom objective given to the step by a call (no registry)."""
+    return jnp.sum(COEF * params["w"]), {"batch_mean": jnp.mean(batch["image"])}
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_warmup_clipping_adam_and_ema_are_exact(grad_clip):
-    config = _linear_config(grad_clip)
-    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
-    step = jax.jit(train_lib.get_train_step(config))
+    config = tiny_toy_config(**{"model.ema_rate": 0.5, "optim.lr": 0.1, "optim.warmup": 4,
+                                "optim.eps": 1.0, "optim.grad_clip": grad_clip})
+    zeros = {"w": jnp.zeros(3)}
+    state = train_lib.train_state_from_params(config, zeros, zeros, 0)
+    step = jax.jit(train_lib.get_train_step(config, step_loss=_linear_loss))
     batch = {"image": jnp.full((4, 2), 0.25), "label": jnp.zeros(4, jnp.int32)}
     g = COEF / 5.0 if grad_clip else COEF  # clipped to global norm 1, or not at all
     adam = g / (jnp.abs(g) + 1.0)  # Adam's bias-corrected m / (sqrt(v) + eps) for a constant g
@@ -136,13 +139,11 @@ def test_warmup_clipping_adam_and_ema_are_exact(grad_clip):
     assert int(state.step) == 3
 
 
-def test_task_registry_errors():
-    with pytest.raises(ValueError, match="already registered"):
-        train_lib.register_task("test_linear")(lambda *a: None)
+def test_unknown_task_names_the_key():
     config = tiny_toy_config()
     config.training.task = "no_such_task"
     with pytest.raises(ValueError, match="config.training.task='no_such_task'"):
-        train_lib.create_train_state(config, jax.random.PRNGKey(0))
+        train_lib.get_train_step(config)
 
 
 # ---------------------------------------------------------------------------- losses by config
@@ -156,7 +157,7 @@ def test_the_config_picks_the_loss(sde_name, continuous, reference):
     params = train_lib.create_train_state(config, jax.random.PRNGKey(0)).params
     batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(16, 2)), jnp.float32)}
     rng = jax.random.PRNGKey(3)
-    got, aux = train_lib.get_step_loss(config, sde, model, train=False)(params, rng, batch)
+    got, aux = losses.get_step_loss(config, sde, model, train=False)(params, rng, batch)
     variables, loss_rng = {"params": params}, jax.random.split(rng)[0]
     if reference == "sde":
         fn = mutils.get_score_fn(sde, model, variables, continuous=True)
@@ -173,10 +174,10 @@ def test_unsupported_loss_settings_name_the_key():
     config = tiny_toy_config(**{"training.sde": "subvpsde", "training.continuous": False})
     sde, _ = sde_lib.get_sde(config)
     with pytest.raises(ValueError, match="config.training.continuous=False"):
-        train_lib.get_step_loss(config, sde, mutils.get_model(config))
+        losses.get_step_loss(config, sde, mutils.get_model(config))
     config = tiny_toy_config(**{"training.continuous": False, "training.likelihood_weighting": True})
     with pytest.raises(ValueError, match="likelihood_weighting=True needs"):
-        train_lib.get_step_loss(config, sde_lib.get_sde(config)[0], mutils.get_model(config))
+        losses.get_step_loss(config, sde_lib.get_sde(config)[0], mutils.get_model(config))
 
 
 # ---------------------------------------------------------------------------- images, NaN
@@ -236,8 +237,8 @@ def test_the_data_stream_starts_mid_segment_without_drawing_the_skipped_batches(
     images.training.batch_size, images.training.snapshot_freq = 16, 6
     images.training.snapshot_freq_for_preemption = 4  # segments of 2 steps
     for config in (images, tiny_toy_config()):
-        whole = [b for _, b in zip(range(7), run_lib.local_batches(config, 0), strict=False)]
+        whole = [b for _, b in zip(range(7), datasets.local_batches(config, 0), strict=False)]
         for start in (1, 3, 5):
-            resumed = [b for _, b in zip(range(7 - start), run_lib.local_batches(config, start),
+            resumed = [b for _, b in zip(range(7 - start), datasets.local_batches(config, start),
                                          strict=False)]
             assert max_abs_diff(resumed, whole[start:]) == 0.0

@@ -17,12 +17,13 @@ An image already S x S is left unchanged (apart from LSUN's crop rule, which the
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from score_sde_jax.files import read_npz
 
 ResizeOp = Callable[[np.ndarray], np.ndarray]  # (H, W, C) uint8 or [0,1] float -> (S, S, C) f32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -155,23 +156,6 @@ def prepared_array_source(images: np.ndarray, labels: np.ndarray, resize: Resize
         return ArraySource(images, labels)
     prepared = np.stack([resize(match_channels(im, num_channels, what)) for im in images])
     return ArraySource(prepared.astype(np.float32), labels)
-
-
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file, read eagerly; a file that is not an .npz archive (text,
-    a truncated download, a single .npy array) is a ValueError naming it."""
-    try:
-        data = np.load(path)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        why = ("it is neither a zip archive of arrays nor an array (a text file?)"
-               if "pickled" in str(e) else f"{type(e).__name__}: {e}")
-        raise ValueError(f"{path} is not a readable .npz file: {why}") from e
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is not an .npz file (it holds one .npy array)")
-    with data:
-        return {k: data[k] for k in data.files}
 
 
 def npz_source(path: str, resize: ResizeOp, size: int, num_channels: int) -> ArraySource:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from score_sde_jax.analytic import GaussianMixture
+
 ToySampler = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 # A well-separated mixture with unequal weights, used when the config gives none.
@@ -32,8 +34,6 @@ def gaussian_mixture_from_config(data_config):
 
     ``gmm_stds`` holds one isotropic standard deviation per component (covariance std^2 I).
     """
-    from score_sde_jax.analytic import GaussianMixture
-
     spec = {k: data_config.get(k, None) or v for k, v in DEFAULT_GMM.items()}
     means = np.asarray(spec["gmm_means"], np.float64)
     stds = np.asarray(spec["gmm_stds"], np.float64)

@@ -30,7 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from score_sde_jax import cli
-from score_sde_jax.data.images import read_npz
+from score_sde_jax.files import read_state_dict
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -337,20 +337,10 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights not found at '{path}' "
                                 f"(config.eval.inception_path). {_HOW_TO_GET_WEIGHTS}")
-    if path.suffix == ".npz":
-        return read_npz(path)
-    if path.suffix in (".pth", ".pt"):
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError(
-                f"reading '{path}' needs torch (pip install torch); or convert it to .npz on a "
-                "machine with torch: python -m score_sde_jax.evaluation.inception convert "
-                f"{path.name} fid_inception.npz"
-            ) from e
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return {k: v.detach().cpu().numpy() for k, v in state.items()}
-    raise ValueError(f"'{path}': expected a .pth or .npz FID Inception state_dict")
+    if path.suffix not in (".npz", ".pth", ".pt"):
+        raise ValueError(f"'{path}': expected a .pth or .npz FID Inception state_dict")
+    return read_state_dict(path, hint="; or convert it to .npz on a machine with torch: python -m "
+                           f"score_sde_jax.evaluation.inception convert {path.name} fid_inception.npz")
 
 
 def load_inception_params(path: str | Path) -> dict:

@@ -2,7 +2,7 @@
 bits/dim passes, sampling rounds with their Inception features, and the reference statistics.
 
 Global batches are host-identical: every process reads the same evaluation batch (the whole
-of it) and places its own rows on its devices (:mod:`score_sde_jax.evaluation.sharding`). The
+of it) and places its own rows on its devices (:mod:`score_sde_jax.sharding`). The
 example at position i of the split (or sample i) draws from ``fold_in(key, i)``, so results do
 not depend on the device or process count. Files (see :mod:`score_sde_jax.evaluation.loops`)
 are written as soon as a batch or round is done; a restarted evaluation skips what is on disk.
@@ -19,11 +19,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from score_sde_jax import analytic, datasets, evaluation, logging_utils
+from score_sde_jax import analytic, datasets, logging_utils, sharding
+from score_sde_jax import files as io
 from score_sde_jax.data import toy
-from score_sde_jax.evaluation import files as io
-from score_sde_jax.evaluation import sharding
-from score_sde_jax.evaluation.steps import is_flat
+from score_sde_jax.evaluation import statistics
+from score_sde_jax.models.utils import is_flat
 
 PAPER_NUM_SAMPLES = 50_000
 RESULTS_FILE = "results.jsonl"
@@ -85,7 +85,7 @@ def eval_loss(ctx: Context, params, key, k: int, step: int) -> dict:
     """The training objective of every test example, averaged -> ``ckpt_{k}_loss.npz``."""
     path = ctx.eval_dir / f"ckpt_{k}_loss.npz"
     if path.is_file():
-        return {"loss": float(io.load_npz(path)["mean_loss"])}
+        return {"loss": float(io.read_npz(path)["mean_loss"])}
     scaler, put = datasets.get_data_scaler(ctx.config), lambda a: sharding.global_array(a, ctx.mesh)
     losses = []
     for idx, n, data in global_batches(ctx.config, "test", ctx.batch):
@@ -104,7 +104,7 @@ def eval_bpd(ctx: Context, params, key, k: int, step: int) -> dict:
     split = str(config.eval.bpd_dataset).lower()
     path = ctx.eval_dir / f"{split}_ckpt_{k}_bpd.npz"
     if path.is_file():
-        data = io.load_npz(path)
+        data = io.read_npz(path)
         return {"bpd": float(data["mean_bpd"]), "bpd_std": float(data["std_bpd"])}
     repeats = int(config.eval.get("bpd_num_repeats", config.eval.get("num_repeats", 1)))
     folder = ctx.eval_dir / f"ckpt_{k}"
@@ -124,7 +124,7 @@ def eval_bpd(ctx: Context, params, key, k: int, step: int) -> dict:
                     logging.info("bits/dim: repeat %d, batch %d: %.4f (mean NFE %.0f)", repeat, b,
                                  float(np.mean(bpd)), float(np.mean(nfe)))
                 if jax.process_index() == 0:
-                    values.append(io.load_npz(part)["bpd"])
+                    values.append(io.read_npz(part)["bpd"])
                 done += 1
                 progress.update(done)
     finally:
@@ -151,7 +151,7 @@ def reference_statistics(ctx: Context, path: str | Path) -> dict[str, np.ndarray
     over the mesh, in batches of ``eval.batch_size``)."""
     path = Path(path)
     if path.is_file():
-        return evaluation.load_statistics(path)
+        return statistics.load_statistics(path)
     logging.info("computing reference Inception statistics of the training data -> %s", path)
     progress = logging_utils.Progress(0, num_batches(ctx.config, "train"),
                                       desc="reference statistics", unit="batch")
@@ -168,7 +168,7 @@ def reference_statistics(ctx: Context, path: str | Path) -> dict[str, np.ndarray
     if jax.process_index() == 0:
         io.savez_atomic(path, **{key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
     sharding.barrier("reference_statistics")
-    return evaluation.load_statistics(path)
+    return statistics.load_statistics(path)
 
 
 def _round(ctx: Context, params, key, r: int, host_file: Path, round_file: Path) -> np.ndarray:
@@ -213,7 +213,7 @@ def eval_samples(ctx: Context, params, key, k: int, step: int) -> dict:
     or the toy report -> ``report_{k}.npz``."""
     path = ctx.eval_dir / f"report_{k}.npz"
     if path.is_file():
-        data = io.load_npz(path)
+        data = io.read_npz(path)
         return {name: float(data[name]) for name in REPORT_METRICS if name in data}
     n = int(ctx.config.eval.num_samples)
     num_rounds = math.ceil(n / ctx.batch)
@@ -234,12 +234,12 @@ def eval_samples(ctx: Context, params, key, k: int, step: int) -> dict:
     sharding.barrier(f"samples_{k}")
     if host != 0:
         return {}
-    loaded = [io.load_npz(folder / f"round_{r}.npz") for r in range(num_rounds)]
+    loaded = [io.read_npz(folder / f"round_{r}.npz") for r in range(num_rounds)]
     if is_flat(ctx.config):
         report = _toy_report(ctx.config, np.concatenate([d["samples"] for d in loaded])[:n])
     else:
         stats = {key: np.concatenate([d[key] for d in loaded])[:n] for key in ("pool", "logits")}
-        report = evaluation.metrics_from_statistics(stats, ctx.ref_stats)
+        report = statistics.metrics_from_statistics(stats, ctx.ref_stats)
         if n < PAPER_NUM_SAMPLES:
             logging.warning("checkpoint %d: FID of %d samples is not the paper's FID (50 000 "
                             "samples); it is biased upwards", k, n)

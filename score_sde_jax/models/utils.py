@@ -1,13 +1,15 @@
 """Model registry and the map from a network to a score function (SPEC §2).
 
+Each network module registers its class with :func:`register_model`; ``models/__init__.py``
+imports every one of them explicitly, so ``config.model.name`` finds it once the package is
+imported.
+
 A model is a Flax module with a single field ``config`` and
 ``__call__(x: (B, H, W, C) or (B, D), labels: (B,), train: bool)``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -18,7 +20,6 @@ from score_sde_jax import sde_lib
 
 Array = jax.Array
 _MODELS: dict[str, type[nn.Module]] = {}
-_MODEL_MODULES = ("ncsnpp", "ddpm", "ncsnv2", "mlp", "wideresnet", "mlp_classifier")
 
 
 def register_model(cls=None, *, name: str | None = None):
@@ -34,20 +35,17 @@ def register_model(cls=None, *, name: str | None = None):
     return _register if cls is None else _register(cls)
 
 
-def _import_model_modules() -> None:
-    for mod in _MODEL_MODULES:
-        full = f"score_sde_jax.models.{mod}"
-        if importlib.util.find_spec(full) is not None:
-            importlib.import_module(full)
-
-
 def get_model(config) -> nn.Module:
     """The module named ``config.model.name``, built from ``config``."""
-    _import_model_modules()
     name = config.model.name
     if name not in _MODELS:
         raise ValueError(f"config.model.name={name!r} is not a known model; known: {sorted(_MODELS)}")
     return _MODELS[name](config=config)
+
+
+def is_flat(config) -> bool:
+    """True for flat data (``config.data.dim`` set, e.g. 2-D toy points), False for images."""
+    return bool(config.data.get("dim", None))
 
 
 def data_shape(config) -> tuple[int, ...]:

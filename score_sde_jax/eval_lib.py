@@ -1,7 +1,8 @@
-"""Jit-compiled evaluation steps built from a config: the network's score function from its
-parameters, a sampler, bits/dim of 8-bit data, the evaluation loss and the Inception features.
+"""Jit-compiled steps on trained parameters, built from a config: the network's score function
+from its parameters, a sampler, bits/dim of 8-bit data and the evaluation loss. The sampling,
+encoding and evaluation modes (``inference/``, ``evaluation/``) run them.
 
-Every step is jitted over a 1-D ``data`` mesh (:mod:`score_sde_jax.evaluation.sharding`): the
+Every step is jitted over a 1-D ``data`` mesh (:mod:`score_sde_jax.sharding`): the
 network parameters are its first, replicated *argument* (never closed over as constants, so one
 compilation serves every checkpoint), the batch is sharded over every device of every process.
 Random draws come from one key per example, ``fold_in(rng, i)`` with ``i`` the example's global
@@ -18,21 +19,24 @@ import math
 from collections.abc import Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from score_sde_jax import datasets, likelihood, prng, sampling, sde_lib, step_control, train_lib
-from score_sde_jax.evaluation import inception as inception_lib
-from score_sde_jax.evaluation.sharding import jit_batch
+from score_sde_jax import datasets, likelihood, losses, ode_solver, prng, sampling, sde_lib, sharding
 from score_sde_jax.models import utils as mutils
+from score_sde_jax.sharding import jit_batch
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
+# Sub-streams of a checkpoint's key (jax.random.fold_in).
+LOSS_STREAM, BPD_STREAM, SAMPLE_STREAM = 0, 1, 2
 
-def is_flat(config) -> bool:
-    """True for flat data (``config.data.dim`` set, e.g. 2-D toy points), False for images."""
-    return bool(config.data.get("dim", None))
+
+def sample_key(config, step: int, stream: int = SAMPLE_STREAM) -> Array:
+    """The key of a checkpoint's evaluation stream: fold_in(fold_in(PRNGKey(seed), step), stream).
+    Sample i of the checkpoint of ``step`` draws from ``fold_in(sample_key(config, step), i)``."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), step),
+                              stream)
 
 
 def as_variables(params: Mapping) -> dict:
@@ -63,39 +67,7 @@ def get_sample_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn],
     def draw(params, rng, indices):
         return sampler(prng.example_keys(rng, indices), build(params))
 
-    return jit_batch(draw, mesh, 2, 1, out=(train_lib.data_sharding(mesh), train_lib.replicated(mesh)))
-
-
-def batch_coupled(config) -> bool:
-    """True when a sample of ``config.sampling`` depends on the rest of its batch: the PC
-    sampler with the Langevin corrector (step size from batch means) and the adaptive ODE
-    solvers (one step size for the batch)."""
-    s = config.sampling
-    method = str(s.method).lower()
-    return ((method == "pc" and s.get("corrector", "langevin") == "langevin") or method == "ode"
-            or (method == "dpm_solver" and bool(s.get("adaptive", False))))
-
-
-QUANTIZE = ("truncate", "round")
-
-
-def quantize_fn(config) -> Callable[[Array], Array]:
-    """Model-space images -> uint8 as ``config.eval.quantize`` says: 'truncate' (official,
-    default): clip(255 x, 0, 255) rounded down; 'round' (EDM): clip(255 x + ½, 0, 255) rounded
-    down, x = the inverse data scaler's output in [0, 1]."""
-    how = str(config.eval.get("quantize", "truncate")).lower()
-    if how not in QUANTIZE:
-        raise ValueError(f"config.eval.quantize={how!r} must be one of {QUANTIZE}")
-    inverse = datasets.get_data_inverse_scaler(config)
-    shift = 0.5 if how == "round" else 0.0
-    return lambda x: jnp.clip(inverse(x) * 255.0 + shift, 0.0, 255.0).astype(jnp.uint8)
-
-
-def get_inception_fn(inception: Mapping, mesh: Mesh) -> Callable[[Mapping, Array], dict]:
-    """Jitted ``features(inception_variables, images (B, H, W, C) uint8) -> {'pool': (B, 2048),
-    'logits': (B, K)}`` over ``mesh`` (the FID Inception network)."""
-    net = inception_lib.FIDInceptionV3(num_classes=inception_lib.num_classes_of(inception))
-    return jit_batch(lambda variables, images: net.apply(variables, images), mesh, 1, 1)
+    return jit_batch(draw, mesh, 2, 1, out=(sharding.data_sharding(mesh), sharding.replicated(mesh)))
 
 
 def bpd_offset(config) -> float:
@@ -113,7 +85,7 @@ def bpd_offset(config) -> float:
     """
     scaler = datasets.get_data_scaler(config)
     log2_scale = math.log2(float(scaler(1.0) - scaler(0.0)))  # the scaler is affine
-    return -log2_scale if is_flat(config) else 8.0 - log2_scale
+    return -log2_scale if mutils.is_flat(config) else 8.0 - log2_scale
 
 
 def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], mesh: Mesh
@@ -134,11 +106,11 @@ def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], me
     lik = likelihood.get_likelihood_fn(
         sde, hutchinson_type=ev.get("hutchinson_type", "rademacher"),
         rtol=ev.get("likelihood_rtol", 1e-5), atol=ev.get("likelihood_atol", 1e-5),
-        eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", step_control.DEFAULT_SOLVER),
+        eps=ev.get("likelihood_eps", 1e-5), solver=ev.get("likelihood_solver", ode_solver.DEFAULT_SOLVER),
         per_sample=ev.get("likelihood_per_sample", True))
     scaler = datasets.get_data_scaler(config)
     dim = math.prod(mutils.data_shape(config))
-    offset, flat = bpd_offset(config), is_flat(config)
+    offset, flat = bpd_offset(config), mutils.is_flat(config)
 
     def bpd(params: Mapping, rng: Array, indices: Array, data: Array) -> tuple[Array, Array]:
         dequantize, probe = prng.split(prng.example_keys(rng, indices))
@@ -153,10 +125,10 @@ def get_bpd_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], me
 def get_eval_loss_fn(config, sde: sde_lib.SDE, mesh: Mesh
                      ) -> Callable[[Mapping, Array, Array, Array, Array], Array]:
     """Jitted ``loss(params, rng, indices (B,), images, labels) -> (B,)`` over ``mesh``: each
-    example's training objective (``train_lib.get_step_loss`` with ``train=False``: no dropout)
+    example's training objective (``losses.get_step_loss`` with ``train=False``: no dropout)
     with its own key ``fold_in(rng, indices[b])``; images already scaled by the data scaler.
     The mean over examples is the batch loss of the objective."""
-    loss = train_lib.get_step_loss(config, sde, mutils.get_model(config), train=False)
+    loss = losses.get_step_loss(config, sde, mutils.get_model(config), train=False)
 
     def per_example(params, rng, indices, images, labels):
         def one(key, image, label):

@@ -26,16 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from score_sde_jax.data.images import read_npz
+from score_sde_jax.checkpoints.errors import CheckpointMismatchError
+from score_sde_jax.files import read_state_dict
 from score_sde_jax.models import utils as mutils
 
 _TORCH_MODULE_RE = re.compile(r"^all_modules\.(\d+)\.(.+)$")
 _TORCH_IGNORED = ("sigmas",)  # buffers of the official networks, not parameters
 _MAX_LISTED = 12
-
-
-class CheckpointMismatchError(ValueError):
-    """An official checkpoint does not fit the network built from the config."""
 
 
 # ---------------------------------------------------------------------------- model template
@@ -211,16 +208,10 @@ def load_official_pytorch(path: str, config) -> dict:
     ``step``) or a bare state_dict, read with torch (``pip install torch``). An ``.npz`` holds one
     state_dict (its arrays are used for both params and params_ema).
     """
-    if path.endswith(".npz"):
-        state = read_npz(path)
-        params = from_official_pytorch(state, config)["params"]
+    ckpt = read_state_dict(path, hint=" (or save its state_dict as .npz)")
+    if str(path).endswith(".npz"):
+        params = from_official_pytorch(ckpt, config)["params"]
         return {"params": params, "params_ema": params, "step": 0}
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(f"reading {path} needs PyTorch: pip install torch "
-                          "(or save its state_dict as .npz)") from err
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "model" not in ckpt:
         params = from_official_pytorch(ckpt, config)["params"]
         return {"params": params, "params_ema": params, "step": 0}

@@ -1,15 +1,12 @@
-"""Samplers (SPEC §4): predictor–corrector in one ``lax.scan`` and the probability-flow ODE, and
-the ODE as an encoder x ↦ z with latent interpolation (paper §4.3).
+"""Predictor–corrector samplers (SPEC §4) in one ``lax.scan``.
 
 A predictor or corrector is a small pure function
 
     update(rng, x, t, score_fn, sde, rsde) -> (x, x_mean)        x: (B, *D), t: (B,)
 
 plugged into :func:`pc_loop`, the one scan over the time grid t_i = linspace(T, ε, N).
-Controllable generation extends the same loop through its ``project`` hook.
-
-Samplers are pure and traceable: ``sampler(rng, score_fn) -> (x, nfe)``. Wrap the call in
-``jax.jit`` with the network parameters as arguments (not closed over) for speed.
+Controllable generation extends the same loop through its ``project`` hook. Samplers are pure
+and traceable: ``sampler(rng, score_fn) -> (x, nfe)``.
 """
 
 from __future__ import annotations
@@ -20,10 +17,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import fast_sampling, prng, sde_lib
-from score_sde_jax.interpolation import INTERPOLATIONS, lerp, slerp  # noqa: F401 (the encoder's API)
+from score_sde_jax import prng, sde_lib
 from score_sde_jax.sde_lib import batch_mul, step_index
-from score_sde_jax.step_control import DEFAULT_SOLVER, check_solver, solve_ode
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -239,149 +234,3 @@ def predictor_corrector_fns(
 
         return pf_pred, corr
     return pred, corr
-
-
-# --------------------------------------------------------------------------- the ODE sampler
-def _pf_vector_field(sde: sde_lib.SDE, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
-    """``vf(t, x) = f(x, t) − ½ g(t)² s(x, t)``, the probability-flow drift of a batch x (B, *D)
-    at a scalar time t, in diffrax's argument order."""
-    rsde = sde.reverse(score_fn, probability_flow=True)
-
-    def vf(t, x):
-        return rsde.sde(x, jnp.full((x.shape[0],), t))[0]
-
-    return vf
-
-
-def get_ode_sampler(
-    sde: sde_lib.SDE,
-    shape: tuple[int, ...],
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    solver: str = DEFAULT_SOLVER,
-    eps: float = 1e-3,
-    denoise: bool = False,
-    max_steps: int = 4096,
-    temperature: float = 1.0,
-) -> Callable[..., tuple[Array, Array]]:
-    """Probability-flow ODE sampler: dx/dt = f − ½ g² s(x, t) from T to ε with diffrax.
-
-    ``sampler(rng, score_fn, z=None) -> (x, nfe)``; ``z`` (shape) replaces the prior draw, which
-    is otherwise τ · (a draw of the prior p_T), τ = ``temperature`` (τ < 1: "cooler" samples).
-    Given z, this decodes the latents of :func:`get_ode_encoder` (keep ``denoise`` off).
-    The whole batch is one ODE state (one step size), as in the official sampler. ``denoise``
-    adds one reverse-diffusion step at ε without noise (one more NFE).
-    """
-    check_solver(solver)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-    def sampler(rng: Array, score_fn: ScoreFn, z: Array | None = None) -> tuple[Array, Array]:
-        score_fn = sde_lib.check_score_fn(score_fn)
-        x = temperature * sde.prior_sampling(rng, shape) if z is None else z
-        x, nfe = solve_ode(_pf_vector_field(sde, score_fn), x, sde.T, eps, rtol, atol, solver,
-                           max_steps)
-        if denoise:
-            _, x = reverse_diffusion(rng, x, jnp.full((shape[0],), eps), score_fn, sde,
-                                     sde.reverse(score_fn, probability_flow=False))
-            nfe = nfe + 1
-        return x, nfe
-
-    return sampler
-
-
-# --------------------------------------------------------------------------- the ODE encoder
-def get_ode_encoder(
-    sde: sde_lib.SDE,
-    shape: tuple[int, ...],
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    solver: str = DEFAULT_SOLVER,
-    eps: float = 1e-3,
-    max_steps: int = 4096,
-) -> Callable[[ScoreFn, Array], tuple[Array, Array]]:
-    """The probability-flow ODE as an encoder (paper §4.3): ``encode(score_fn, x) -> (z, nfe)``.
-
-    Integrates dx/dt = f(x, t) − ½ g(t)² s(x, t) from t = ε to T: x (shape (B, *D), at time ε,
-    in model space) ↦ its latent z = x(T) (shape), ``nfe`` (B,) the score evaluations of each
-    solve. The map is deterministic and invertible, fixed by the score and the SDE; decoding
-    is the ODE sampler started from z, ``get_ode_sampler(sde, shape, rtol, atol, solver,
-    eps)(rng, score_fn, z=z)`` (same ε, no ``denoise``), and returns x to solver tolerance.
-
-    Each sample is its own solve (``vmap``, as the likelihood with ``per_sample=True``), not
-    one state for the batch as in the sampler: an adaptive step size shared by the batch would
-    make an image's latent depend, at the tolerance, on the images beside it, and the encoding
-    would not be unique to the image. Per sample, z[i] is a function of x[i] alone (the latent
-    the per-sample likelihood returns for it, to tolerance) and its NFE is its own.
-    """
-    check_solver(solver)
-    shape = tuple(shape)
-
-    def encode(score_fn: ScoreFn, x: Array) -> tuple[Array, Array]:
-        if tuple(x.shape) != shape:
-            raise ValueError(f"x has shape {tuple(x.shape)}, the encoder was built for shape {shape}")
-        vf = _pf_vector_field(sde, sde_lib.check_score_fn(score_fn))
-
-        def one(xi: Array) -> tuple[Array, Array]:
-            z, nfe = solve_ode(vf, xi[None], eps, sde.T, rtol, atol, solver, max_steps)
-            return z[0], nfe
-
-        return jax.vmap(one)(x)
-
-    return encode
-
-
-# --------------------------------------------------------------------------- from a config
-SAMPLING_METHODS: dict[str, Callable] = {}
-
-
-def register_sampling_method(name: str):
-    """Decorator: ``fn(config, sde, shape, eps) -> sampler`` becomes ``config.sampling.method``."""
-
-    def _register(fn):
-        SAMPLING_METHODS[name] = fn
-        return fn
-
-    return _register
-
-
-def pc_settings(config) -> dict:
-    """``get_pc_sampler``'s keyword arguments from ``config.sampling`` (predictor, corrector,
-    snr, n_steps_each, probability_flow, noise_removal); the PC inpainter, colorizer and
-    conditional sampler take the same."""
-    s = config.sampling
-    return dict(predictor=s.get("predictor", "reverse_diffusion"), corrector=s.get("corrector", "langevin"),
-                snr=s.snr, n_steps=s.n_steps_each, probability_flow=s.get("probability_flow", False),
-                denoise=s.get("noise_removal", True))
-
-
-def ode_settings(config) -> dict:
-    """``get_ode_sampler``'s rtol, atol and solver from ``config.sampling``."""
-    s = config.sampling
-    return dict(rtol=s.get("rtol", 1e-5), atol=s.get("atol", 1e-5), solver=s.get("solver", DEFAULT_SOLVER))
-
-
-@register_sampling_method("pc")
-def _pc_from_config(config, sde, shape, eps):
-    temperature = config.sampling.get("temperature", 1.0)
-    if temperature != 1.0:
-        raise ValueError(f"config.sampling.temperature={temperature} scales the prior draw of the "
-                         "ode, heun and dpm_solver samplers; the pc sampler has none to scale "
-                         "(set config.sampling.method or temperature=1)")
-    return get_pc_sampler(sde, shape, eps=eps, **pc_settings(config))
-
-
-@register_sampling_method("ode")
-def _ode_from_config(config, sde, shape, eps):
-    return get_ode_sampler(sde, shape, eps=eps, denoise=config.sampling.get("noise_removal", False),
-                           temperature=config.sampling.get("temperature", 1.0), **ode_settings(config))
-
-
-register_sampling_method("heun")(fast_sampling.heun_from_config)
-register_sampling_method("dpm_solver")(fast_sampling.dpm_solver_from_config)
-
-
-def get_sampling_fn(config, sde: sde_lib.SDE, shape: tuple[int, ...], eps: float):
-    """The sampler named by ``config.sampling.method`` (``pc``, ``ode``, ``heun``, ``dpm_solver``)."""
-    method = str(config.sampling.method).lower()
-    return _lookup(SAMPLING_METHODS, method, "sampling method")(config, sde, shape, eps)

@@ -1,6 +1,6 @@
 """Train the embedded defaults for real and show that they learned (``make demo``).
 
-    python -m score_sde_jax.demo_train --workdir runs/demo [--toy_steps 600] [--digits_steps 800]
+    python -m score_sde_jax.demos.train --workdir runs/demo [--toy_steps 600] [--digits_steps 800]
 
 1. configs/toy_gmm.py: the MLP on the 2-D Gaussian mixture. The untrained and the trained
    network's Euler-Maruyama samples are scored by the exact mixture log-density and by their
@@ -30,19 +30,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_jax import analytic, cli, datasets, logging_utils, run_lib, sampling, sde_lib, train_lib
+from score_sde_jax import (
+    analytic,
+    cli,
+    datasets,
+    files,
+    logging_utils,
+    losses,
+    run_lib,
+    sampling,
+    sde_lib,
+    train_lib,
+)
+from score_sde_jax.data.toy import gaussian_mixture_from_config
 from score_sde_jax.models import utils as mutils
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS_STEPS = 800  # enough for the ODE samplers too (300 gave saturated noise: README)
 
 
 def _config(name: str, steps: int, snapshots: int):
     """``configs/{name}.py`` shortened to ``steps`` updates with ``snapshots`` checkpoints (and
     evaluations), 10 log lines and no snapshot sampling."""
-    from score_sde_jax.convert import load_config
-
-    config = load_config(str(ROOT / "configs" / f"{name}.py"))
+    config = cli.load_config(str(ROOT / "configs" / f"{name}.py"))
     t = config.training
     t.n_iters, t.log_freq, t.eval_freq = steps, max(steps // 10, 1), max(steps // snapshots, 1)
     t.snapshot_freq = t.snapshot_freq_for_preemption = max(steps // snapshots, 1)
@@ -68,7 +78,7 @@ class Judge:
         self.config = config
         self.sde, eps = sde_lib.get_sde(config)
         model = mutils.get_model(config)
-        loss = train_lib.get_step_loss(config, self.sde, model, train=False)
+        loss = losses.get_step_loss(config, self.sde, model, train=False)
         scaler = datasets.get_data_scaler(config)
         self._loss = jax.jit(lambda p, x: loss(p, jax.random.PRNGKey(8), {"image": scaler(x)})[0])
         continuous = bool(config.training.continuous)
@@ -122,12 +132,11 @@ def _report(seconds: float, rows: list[tuple[str, str, str]], samples: np.ndarra
     print(f"  {'':44s} {'untrained':>11s} {'trained':>9s}")
     for name, a, b in rows:
         print(f"  {name:44s} {a:>11s} {b:>9s}")
-    print(f"  samples: {logging_utils.save_samples(samples, workdir / 'demo_samples', title)}")
+    paths = files.write_samples(workdir / "demo_samples" / "sample", samples, title)
+    print(f"  samples: {paths['png'] or paths['npz']}")
 
 
 def toy(workdir: Path, steps: int, n: int = 1000) -> dict[str, float]:
-    from score_sde_jax.data.toy import gaussian_mixture_from_config
-
     config = _config("toy_gmm", steps, snapshots=4)
     config.model.ema_rate = 0.99  # the paper's 0.999 averages over more steps than a demo runs
     config.model.num_scales = 500  # Euler-Maruyama steps of the sampler
@@ -224,7 +233,7 @@ def digits(workdir: Path, steps: int, n: int = 100) -> dict[str, float]:
     for name, (sw, nfe, x) in by_sampler.items():
         print(f"    {name:10s} {_describe(config, name):34s} {nfe:4d} NFE {sw:9.3f}")
         if name != "pc":
-            logging_utils.save_samples(np.clip(x, 0, 1), workdir / "demo_samples" / name, name)
+            files.write_samples(workdir / "demo_samples" / name / "sample", np.clip(x, 0, 1), name)
     print(f"  their samples: {workdir / 'demo_samples' / '<sampler>' / 'sample.png'}")
     return res
 

@@ -1,6 +1,6 @@
 """Every sampler and the likelihood on a 2-D Gaussian mixture, driven by its exact score.
 
-    python -m score_sde_jax.demo_exact --out runs/demo/exact_samplers.png
+    python -m score_sde_jax.demos.exact --out runs/demo/exact_samplers.png
 
 Prints, for VE / VP / sub-VP, the sliced-Wasserstein distance of each sampler's samples to
 fresh true samples (with the true-vs-true distance as the noise floor), and the mean absolute
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde_jax import analytic, cli, likelihood, sampling, sde_lib
-from score_sde_jax.evaluation.files import scatter_png
+from score_sde_jax.files import scatter_png
 
 SAMPLERS = (
     ("PC euler_maruyama", dict(predictor="euler_maruyama", corrector="none")),

@@ -1,5 +1,4 @@
-"""Checkpoints of a :class:`train_lib.TrainState` with orbax-checkpoint, and the import of the
-official score_sde checkpoints (re-exported from :mod:`score_sde_jax.checkpoints_import`).
+"""Checkpoints of a training state (``train_lib.TrainState``) with orbax-checkpoint.
 
 Layout (as the official code): ``workdir/checkpoints/<step>`` are the kept snapshots and
 ``workdir/checkpoints-meta/<step>`` the preemption checkpoint (only the last is kept). Each
@@ -13,9 +12,13 @@ without its ``state`` item (an empty ``mkdir``, a partial copy) is not a checkpo
 :func:`all_steps` skips it with a warning, so every reader falls back to the newest complete one.
 Every path is made absolute here (orbax requires it), so relative work directories work.
 
-Restoring checks the saved tree against the template first and raises
-:class:`MismatchedCheckpointError` naming the path and the first key that differs; an
-unreadable one raises :class:`CorruptCheckpointError`.
+Every array's CRC-32 is written in ``meta`` and checked on restore: damaged bytes raise
+:class:`CorruptCheckpointError` (training then resumes from an older checkpoint; sampling and
+evaluation refuse in one line). Restoring checks the saved tree against the template first and raises
+:class:`CheckpointMismatchError` naming the path and the first key that differs; an
+unreadable one raises :class:`CorruptCheckpointError`. :func:`find_checkpoints` is the one walk
+over a work directory's checkpoints (newest first); :func:`load_ema_params` restores the EMA
+parameters alone, with no optimizer state built or read.
 
 Test hook: ``SCORE_SDE_JAX_CKPT_PAUSE="during:<step>:<seconds>"`` (or ``after:...``; several
 comma-separated; ``...:<seconds>:checkpoints`` for the snapshots only, ``:checkpoints-meta`` for
@@ -31,6 +34,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,34 +44,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization, traverse_util
-from jax.experimental import multihost_utils
 
-from score_sde_jax.checkpoints_import import (  # noqa: F401 -- re-exported
+from score_sde_jax import sharding
+from score_sde_jax.checkpoints.errors import (
+    CheckpointError,
     CheckpointMismatchError,
-    from_official_flax,
-    from_official_pytorch,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
 )
+from score_sde_jax.models import utils as mutils
 
 SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-meta"
 PAUSE_ENV = "SCORE_SDE_JAX_CKPT_PAUSE"
 _MAX_LISTED = 3
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message names its path."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No (complete) checkpoint where one was asked for."""
-
-
-class MismatchedCheckpointError(CheckpointError):
-    """The checkpoint's tree (keys, shapes) differs from the state built from the config."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """The checkpoint's files cannot be read."""
 
 
 def _pause(phase: str, step: int, directory: str) -> None:
@@ -156,8 +146,8 @@ class Checkpointer:
 
         Every process must call it (multi-host saves are collective)."""
         step = int(jax.device_get(state.step))
-        meta = {"step": step, "config": _config_json(config)}
         tree = jax.tree_util.tree_map(_host_copy, serialization.to_state_dict(state))
+        meta = {"step": step, "config": _config_json(config), "checksums": checksums(tree)}
         self._remove(step)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), meta=_MetaSave(meta)), force=True)
@@ -175,12 +165,34 @@ class Checkpointer:
             self._manager.delete(step)
         elif jax.process_index() == 0:
             shutil.rmtree(self.directory / str(step))
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"checkpoint_remove_{step}")
+        sharding.barrier(f"checkpoint_remove_{step}")
         self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()
+
+
+def checksums(tree: Mapping) -> dict[str, str]:
+    """CRC-32 of the bytes of every array of a state tree, by its '/'-joined path: written with
+    a checkpoint and compared on restore, so damaged bytes are a named error, not silent NaNs."""
+    out = {}
+    for key, value in _flat(tree).items():
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            continue  # a shard of another process: that process checks it
+        data = np.ascontiguousarray(np.asarray(jax.device_get(value)))
+        out[key] = f"{zlib.crc32(data.view(np.uint8).reshape(-1)) if data.size else 0:08x}"
+    return out
+
+
+def _verify(path: Path, restored: Mapping) -> None:
+    """CorruptCheckpointError naming the first array whose checksum differs from the one saved
+    (checkpoints written before checksums existed are not checked)."""
+    saved = read_meta(path.parent, int(path.name)).get("checksums") or {}
+    for key, value in checksums(restored).items():
+        if key in saved and saved[key] != value:
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is corrupt: the bytes of {key} do not match the checksum "
+                "written with it")
 
 
 def _host_copy(x):
@@ -223,7 +235,7 @@ def config_differences(saved: Any, config) -> list[str]:
 
 
 def _check_tree(path: Path, saved: Mapping, template: Mapping, config) -> None:
-    """Raise MismatchedCheckpointError at the first key / shape that differs."""
+    """Raise CheckpointMismatchError at the first key / shape that differs."""
     got = {k: tuple(getattr(v, "shape", ())) for k, v in _flat(saved).items()}
     want = {k: tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
             for k, v in _flat(template).items()}
@@ -239,16 +251,16 @@ def _check_tree(path: Path, saved: Mapping, template: Mapping, config) -> None:
     diffs = config_differences(read_meta(path.parent, int(path.name)).get("config"), config)
     if diffs:
         message += "; it was trained with " + ", ".join(diffs[:_MAX_LISTED])
-    raise MismatchedCheckpointError(message)
+    raise CheckpointMismatchError(message)
 
 
 def restore(directory: str | os.PathLike, template_state, step: int | None = None, config=None):
     """The checkpoint ``directory/<step>`` (latest when None) as a state like ``template_state``.
 
-    ``template_state`` fixes the tree, shapes, dtypes and shardings: a :class:`TrainState` of
+    ``template_state`` fixes the tree, shapes, dtypes and shardings: a ``TrainState`` of
     arrays (``train_lib.create_train_state``) or of ``jax.ShapeDtypeStruct`` with shardings
     (``train_lib.abstract_train_state``, which costs no computation); ``config`` only improves
-    the message of a mismatch. Raises CheckpointNotFoundError, MismatchedCheckpointError (path
+    the message of a mismatch. Raises CheckpointNotFoundError, CheckpointMismatchError (path
     and first key that differs) or CorruptCheckpointError.
     """
     directory = Path(directory).absolute()
@@ -256,26 +268,110 @@ def restore(directory: str | os.PathLike, template_state, step: int | None = Non
         step = latest_step(directory)
         if step is None:
             raise CheckpointNotFoundError(f"no complete checkpoint in {directory}")
-    path = directory / str(int(step)) / "state"
+    restored = _restore_tree(directory, int(step), serialization.to_state_dict(template_state), config)
+    return serialization.from_state_dict(template_state, restored)
+
+
+def _restore_tree(directory: Path, step: int, template: dict, config, partial: bool = False) -> dict:
+    """The saved tree of ``directory/<step>`` restored like ``template`` (a dict with ``step``);
+    ``partial``: only the entries of ``template`` are read."""
+    path = Path(directory).absolute() / str(step) / "state"
     if not path.is_dir():
         raise CheckpointNotFoundError(f"no checkpoint {path.parent} (steps in {directory}: "
                                       f"{all_steps(directory)})")
-    template = serialization.to_state_dict(template_state)
-    handler = ocp.StandardCheckpointHandler()
+    handler = ocp.PyTreeCheckpointHandler()
     try:
         saved = handler.metadata(epath.Path(path))
         saved = getattr(saved, "tree", saved)
     except Exception as e:  # noqa: BLE001 -- reported by name
         raise CorruptCheckpointError(f"checkpoint {path.parent} is unreadable: its metadata cannot "
                                      f"be read ({type(e).__name__}: {_first_line(e)})") from e
-    _check_tree(path.parent, saved, template, config)
+    _check_tree(path.parent, {k: saved[k] for k in template if k in saved} if partial else saved,
+                template, config)
     try:
-        restored = handler.restore(epath.Path(path), args=ocp.args.StandardRestore(template))
+        restored = handler.restore(epath.Path(path), args=ocp.args.PyTreeRestore(
+            item=template, restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+            partial_restore=partial))
     except Exception as e:  # noqa: BLE001 -- reported by name
         raise CorruptCheckpointError(f"checkpoint {path.parent} is unreadable "
                                      f"({type(e).__name__}: {_first_line(e)})") from e
-    state = serialization.from_state_dict(template_state, restored)
-    if int(jax.device_get(state.step)) != int(step):
+    _verify(path.parent, restored)
+    if int(np.asarray(restored["step"])) != int(step):
         raise CorruptCheckpointError(f"checkpoint {path.parent} holds step "
-                                     f"{int(jax.device_get(state.step))}, not {step}")
-    return state
+                                     f"{int(np.asarray(restored['step']))}, not {step}")
+    return restored
+
+
+# ----------------------------------------------------------------------------- a work directory
+def find_checkpoints(workdir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, directory) of every complete checkpoint of a work directory (snapshots and the
+    preemption checkpoint), newest first; at equal steps the preemption checkpoint first (the
+    one written for resuming)."""
+    found = [(s, d) for d in step_dirs(workdir) for s in all_steps(d)]
+    found.sort(key=lambda x: (x[0], x[1].name == PREEMPTION_DIR), reverse=True)
+    return found
+
+
+def checkpoint_dir(workdir: str | os.PathLike, step: int | None = None) -> tuple[Path, int]:
+    """(directory, step) of the checkpoint at ``step`` of a work directory (the latest when
+    None); CheckpointNotFoundError naming the steps there otherwise."""
+    found = find_checkpoints(workdir)
+    if not found:
+        snap, meta = step_dirs(workdir)
+        raise CheckpointNotFoundError(f"no checkpoint in {snap} or {meta} (--workdir={workdir})")
+    if step is None:
+        return found[0][1], found[0][0]
+    for s, directory in found:
+        if s == int(step):
+            return directory, s
+    raise CheckpointNotFoundError(f"no checkpoint of step {step} in {workdir}; steps there: "
+                                  f"{sorted({s for s, _ in found})}")
+
+
+def restore_latest(workdir: str | os.PathLike, template_state, config=None):
+    """(state, path) of the newest readable checkpoint of a work directory, falling back over
+    unreadable ones with a warning; (template_state, None) when there is none."""
+    found = find_checkpoints(workdir)
+    for step, directory in found:
+        try:
+            state = restore(directory, template_state, step, config=config)
+        except CorruptCheckpointError as e:
+            logging.warning("%s; trying an older checkpoint", e)
+            continue
+        try:
+            saved = read_meta(directory, step).get("config")
+        except CheckpointError:
+            saved = None
+        changed = [d for d in config_differences(saved, config)
+                   if not d.startswith(("training.n_iters", "eval."))]
+        if changed:
+            logging.warning("the config differs from the one checkpoint %s was written with: %s",
+                            directory / str(step), "; ".join(changed[:8]))
+        return state, directory / str(step)
+    if found:
+        raise CorruptCheckpointError(
+            f"none of the checkpoints in {workdir} is readable (steps {[s for s, _ in found]}); "
+            "move them away to start afresh")
+    return template_state, None
+
+
+def load_ema_params(config, workdir: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
+    """(EMA parameters, step) of the checkpoint at ``step`` of a work directory (the latest
+    when None). Only ``params_ema`` is read: its template is the shape of the config's network
+    (``jax.eval_shape``, nothing is computed), and no optimizer state is built or restored."""
+    directory, step = checkpoint_dir(workdir, step)
+    shapes = jax.eval_shape(lambda: mutils.init_model(jax.random.PRNGKey(0), config)["params"])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    params = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+    template = {"step": jax.ShapeDtypeStruct((), np.int32, sharding=device), "params_ema": params}
+    restored = _restore_tree(directory, step, template, config, partial=True)
+    return restored["params_ema"], step
+
+
+def saved_config(workdir: str | os.PathLike) -> dict | None:
+    """The training config stored with the newest checkpoint of a work directory (None if
+    there is no checkpoint, or it was saved without one)."""
+    for step, directory in find_checkpoints(workdir):
+        return read_meta(directory, step).get("config") or None
+    return None

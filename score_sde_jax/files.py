@@ -1,5 +1,11 @@
-"""Files of the evaluation and sampling modes: image grids, scatter plots, atomic ``.npz`` writes
-and JSON-lines records. Plain NumPy / PIL; nothing here knows about models or SDEs.
+"""The one home of files (L0: imports nothing of the package; plain NumPy / PIL).
+
+Readers: ``.npz`` archives (:func:`read_npz`), images and arrays given on the command line
+(:func:`read_array`, :func:`list_files`), state_dicts of ``.pth`` / ``.npz`` files
+(:func:`read_state_dict`). Writers: image grids and scatter plots (PNG), the samples writer every
+mode uses (:func:`write_samples`), atomic ``.npz`` writes (:func:`savez_atomic`: a reader sees
+the whole file or none) and JSON-lines records. Nothing here knows about models or SDEs, and
+nothing here deletes a file: writers replace only the file they are asked to write.
 """
 
 from __future__ import annotations
@@ -9,13 +15,121 @@ import json
 import math
 import os
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from score_sde_jax.data.images import read_npz
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIXES = (".npz", ".npy")
+_NPZ_KEYS = ("image", "images", "x", "data", "mask")
+
+
+# ----------------------------------------------------------------------------- readers
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file, read eagerly (the file is closed on return); a file that
+    is not an .npz archive (text, a truncated download, a single .npy array) is a ValueError
+    naming it."""
+    try:
+        data = np.load(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        why = ("it is neither a zip archive of arrays nor an array (a text file?)"
+               if "pickled" in str(e) else f"{type(e).__name__}: {e}")
+        raise ValueError(f"{path} is not a readable .npz file: {why}") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not an .npz file (it holds one .npy array)")
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+def read_array(path: str | Path, what: str) -> np.ndarray:
+    """The array of one input file: a PNG / JPEG image as (1, H, W[, C]); an ``.npy`` array; an
+    ``.npz`` array named 'image', 'images', 'x', 'data' or 'mask' (or its only array). ``what``
+    ('image', 'mask') names the file in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im)[None]
+        except OSError as e:  # PIL.UnidentifiedImageError: not an image at all
+            raise ValueError(f"{what} file {path} is not a readable {suffix} image ({e})") from e
+    if suffix == ".npy":
+        try:
+            return np.load(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{what} file {path} is not a readable .npy array ({e})") from e
+    if suffix == ".npz":
+        arrays = read_npz(path)
+        key = next((k for k in _NPZ_KEYS if k in arrays), None)
+        if key is None and len(arrays) == 1:
+            key = next(iter(arrays))
+        if key is None:
+            raise ValueError(f"{what} file {path} holds {sorted(arrays)}; expected one array or "
+                             f"one named {' / '.join(_NPZ_KEYS)}")
+        return arrays[key]
+    raise ValueError(f"{what} file {path}: unsupported format {suffix!r} (use .png, .jpg, .npz, .npy)")
+
+
+def to_unit(a: np.ndarray) -> np.ndarray:
+    """uint8 arrays divided by 255, others as float32."""
+    return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+
+
+def list_files(spec: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES + ARRAY_SUFFIXES) -> list[Path]:
+    """The files of ``spec``: comma-separated files, or folders contributing their files with one
+    of ``suffixes`` in name order."""
+    paths: list[Path] = []
+    for item in (s.strip() for s in str(spec).split(",")):
+        if not item:
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"image folder {path} holds no {' / '.join(suffixes)} files")
+            paths += found
+        else:
+            paths.append(path)
+    if not paths:
+        raise ValueError(f"no image files in {spec!r}")
+    return paths
+
+
+def read_state_dict(path: str | Path, hint: str = "") -> dict[str, Any]:
+    """A PyTorch state_dict (or training checkpoint dict) from a ``.pth`` / ``.pt`` file (needs
+    torch; tensors become NumPy arrays) or an ``.npz`` file of arrays. ``hint`` is added to the
+    message when torch is missing."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}")
+    if path.suffix == ".npz":
+        return read_npz(path)
+    if path.suffix not in (".pth", ".pt"):
+        raise ValueError(f"{path}: expected a .pth, .pt or .npz state_dict")
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs torch (pip install torch){hint}") from e
+
+    def numpy(v):
+        if isinstance(v, dict):
+            return {k: numpy(u) for k, u in v.items()}
+        if isinstance(v, list | tuple):
+            return type(v)(numpy(u) for u in v)
+        return v.detach().cpu().numpy() if hasattr(v, "detach") else v
+
+    return numpy(torch.load(path, map_location="cpu", weights_only=True))
+
+
+# ----------------------------------------------------------------------------- writers
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -173,12 +287,6 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file, read eagerly (the file is closed on return); a file
-    that is not an .npz archive is a ValueError naming it."""
-    return read_npz(path)
-
-
 def append_jsonl(path: str | Path, record: Mapping) -> None:
     """Append ``record`` (plus a ``time`` stamp) as one JSON line; NumPy scalars become floats."""
     def plain(v):
@@ -200,3 +308,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_samples(stem: str | Path, x: np.ndarray, title: str = "samples", nrow: int | None = None,
+                  **extra: np.ndarray) -> dict[str, Path | None]:
+    """Samples in data space as ``{stem}.npz`` and ``{stem}.png``; returns ``{'npz', 'png'}``.
+
+    Images (N, H, W, C): ``samples`` uint8 (:func:`to_uint8`) and ``samples_float`` float32
+    (unclipped), and a grid of the clipped images. Flat points (N, D): ``samples`` float32, and a
+    scatter plot titled ``title`` when D = 2 (no PNG otherwise). ``nrow``: images a row of the
+    grid (default ⌈√N⌉). ``extra`` arrays go into the ``.npz`` as they are."""
+    stem = Path(stem)
+    x = np.asarray(x, np.float32)
+    png: Path | None = stem.with_suffix(".png")
+    if x.ndim == 2:
+        npz = savez_atomic(stem.with_suffix(".npz"), samples=x, **extra)
+        png = save_scatter(x, png, title) if x.shape[1] == 2 else None
+    else:
+        npz = savez_atomic(stem.with_suffix(".npz"), samples=to_uint8(x), samples_float=x, **extra)
+        png = save_image_grid(np.clip(x, 0.0, 1.0), png, nrow=nrow)
+    return {"npz": npz, "png": png}
