@@ -259,6 +259,7 @@ def train(config, workdir: str | Path, mesh=None) -> train_lib.TrainState:
     datasets.check_data(config)  # bad data fails here, before anything is created
     mesh = mesh or train_lib.make_mesh()
     train_lib.check_batch_size(int(config.training.batch_size), mesh)
+    train_lib.check_grad_accum(config, mesh)
     workdir = Path(workdir).absolute()  # orbax and the messages want absolute paths
     with preemption.WorkdirLock(workdir), preemption.StopSignals() as stop:
         return _train(config, workdir, mesh, k, stop)

@@ -277,6 +277,21 @@ def grad_accum_steps(config) -> int:
     return int(k)
 
 
+def check_grad_accum(config, mesh: Mesh) -> int:
+    """``config.training.grad_accum_steps`` = k checked against the global batch and the mesh
+    before any work (the checks :func:`microbatches` makes when the step is traced): k a
+    positive integer dividing ``config.training.batch_size`` into microbatches that are a
+    multiple of the number of devices. Returns k."""
+    k, size = grad_accum_steps(config), int(config.training.batch_size)
+    if size % k:
+        raise ValueError(f"config.training.grad_accum_steps={k} does not divide "
+                         f"config.training.batch_size={size} into equal microbatches")
+    if (size // k) % mesh.devices.size:
+        raise ValueError(f"config.training.grad_accum_steps={k} makes microbatches of {size // k}, "
+                         f"not a multiple of the number of devices ({mesh.devices.size})")
+    return k
+
+
 def microbatches(tree, k: int, mesh: Mesh | None = None):
     """(B, ...) leaves -> (k, B/k, ...): microbatch j holds examples j, j + k, j + 2k, ... so
     that each device keeps its own rows (with ``mesh``, microbatches are sharded over 'data')."""
