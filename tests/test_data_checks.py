@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from training_helpers import ROOT, subprocess_env, tiny_toy_config
 
-from score_sde_jax import datasets
+from score_sde_jax import checkpoints, datasets, run_lib
 
 HINT = " (SCORE_SDE_JAX_TRACEBACK=1 shows the traceback)"
 
@@ -147,3 +147,46 @@ def test_an_image_source_on_the_toy_config_is_one_line(tmp_path):
                     "config has no config.data.image_size / config.data.num_channels (a toy "
                     "config? its data are points drawn by data.source='toy')" + HINT)
     assert not workdir.exists()
+
+
+def test_data_failing_mid_run_stop_training_with_the_steps_done_saved(tmp_path, monkeypatch,
+                                                                        caplog):
+    """A batch that cannot be read mid-run (a file damaged after the check, a bad tfds record):
+    the state of the last update is saved first, and the same command resumes from it."""
+    config = tiny_toy_config()  # checkpoints at steps 5, 10, 15, 20
+    good = run_lib.local_batches
+
+    def damaged(config, start):
+        for i, batch in enumerate(good(config, start), start):
+            if i == 7:
+                raise ValueError("faces/27.png cannot be read any more (OSError: image file is "
+                                 "truncated)")
+            yield batch
+
+    monkeypatch.setattr(run_lib, "local_batches", damaged)
+    with pytest.raises(run_lib.DataFailedError) as e:
+        run_lib.train(config, tmp_path)
+    meta = tmp_path / checkpoints.PREEMPTION_DIR
+    assert str(e.value) == (
+        "training stopped at step 7: reading the data failed (ValueError: faces/27.png cannot be "
+        "read any more (OSError: image file is truncated)); the state of step 7 was saved to "
+        f"{meta / '7'}. Fix the data and run the same command again to resume")
+    assert checkpoints.all_steps(meta) == [7]
+    monkeypatch.setattr(run_lib, "local_batches", good)
+    with caplog.at_level(logging.INFO):
+        state = run_lib.train(config, tmp_path)
+    assert f"resuming from {meta / '7'} at step 7 of 20" in caplog.text
+    assert int(state.step) == 20
+
+
+def test_a_record_that_cannot_be_decoded_is_named():
+    def get(i):
+        if i == 3:
+            raise OSError("broken data stream when reading image file")
+        return np.zeros((4, 4, 1), np.uint8), 0
+
+    source = datasets.img.MappedSource(5, get, lambda x: x.astype(np.float32), 1, "tfds cifar10")
+    assert source.get_batch([0, 1])[0].shape == (2, 4, 4, 1)
+    with pytest.raises(ValueError, match=r"^tfds cifar10: example 3 cannot be read \(OSError: "
+                                         r"broken data stream"):
+        source.get_batch([2, 3])

@@ -122,7 +122,13 @@ class MappedSource:
     def get_batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
         for i in indices:
-            image, label = self._get(int(i))
+            try:
+                image, label = self._get(int(i))
+            except ValueError:  # already names the example
+                raise
+            except Exception as e:  # noqa: BLE001 -- a damaged record: name it
+                raise ValueError(f"{self._what}: example {int(i)} cannot be read "
+                                 f"({type(e).__name__}: {e})") from e
             image = match_channels(np.asarray(image), self._num_channels, self._what)
             images.append(self._resize(image))
             labels.append(label)
