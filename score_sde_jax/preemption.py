@@ -223,8 +223,8 @@ class WorkdirLock:
             if self._create():
                 return
             found = _read(self.path)
-            for _ in range(10):  # a lock created this instant may not hold its record yet
-                if found is None or _is_record(found[0]) or time.time() - found[1] > 1.0:
+            for _ in range(5):  # a lock created this instant may not hold its record yet
+                if found is None or _is_record(found[0]) or time.time() - found[1] > 0.5:
                     break
                 time.sleep(0.1)
                 found = _read(self.path)

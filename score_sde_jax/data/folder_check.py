@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -72,9 +73,11 @@ def check_images(root: Path, files: Sequence[Path], resize: Callable, channels: 
            tuple((str(p), s.st_size, s.st_mtime_ns) for p, s in zip(files, stats, strict=True)))
     if key in _CHECKED:
         return _CHECKED[key][0]
-    workers = min(32, (os.cpu_count() or 1) + 4)
+    workers, began = min(32, (os.cpu_count() or 1) + 4), time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         found = list(pool.map(image_size, files))
+    logging.info("%s: decoded and checked %d image files in %.1f s", root, len(files),
+                 time.perf_counter() - began)
     sizes = collections.Counter(f for f in found if isinstance(f, tuple))
     rejected = _size_errors(list(sizes), resize, channels)
     reasons = [f if isinstance(f, str) else rejected.get(f) for f in found]
