@@ -15,8 +15,10 @@ for a collective the others never enter.
 Lock: ``workdir/train.lock`` (JSON: host, pid, start time) is created atomically by process 0
 and its modification time is a heartbeat, refreshed every ``SCORE_SDE_JAX_LOCK_HEARTBEAT_S``
 (30) seconds. A lock whose process is gone (same host) or whose heartbeat is older than
-``SCORE_SDE_JAX_LOCK_STALE_S`` (300) seconds is taken over with a warning; any other lock makes
-the second trainer fail at once (:class:`WorkdirLockedError`), before it writes anything.
+``SCORE_SDE_JAX_LOCK_STALE_S`` (300) seconds is taken over with a warning, and so is one that
+names no trainer (empty or damaged: no host and pid once it is half a second old); any other
+lock makes the second trainer fail at once (:class:`WorkdirLockedError`), before it writes
+anything. A value of either variable that is not a positive number is an error naming it.
 Evaluation and sampling do not take the lock: they may read a work directory being trained.
 """
 
