@@ -289,8 +289,10 @@ def test_eight_devices_give_the_samples_bits_per_dim_and_report_of_one(evaluated
     for name, value in results[1].items():
         assert single[1][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     other = workdir / "run" / "eval_one_device"
+    # within the adaptive ODE solver's tolerance (eval.likelihood_rtol = 1e-5 of ~9 bits/dim):
+    # the device count's rounding can move one accepted step of one example
     np.testing.assert_allclose(eval_io.load_npz(other / "test_ckpt_1_bpd.npz")["bpd"],
-                               eval_io.load_npz(eval_dir / "test_ckpt_1_bpd.npz")["bpd"], atol=1e-5)
+                               eval_io.load_npz(eval_dir / "test_ckpt_1_bpd.npz")["bpd"], atol=5e-5)
     for r in range(2):  # uint8 samples: at most one level apart where 255 x sits on a boundary
         a, b = (eval_io.load_npz(d / "ckpt_1_host_0" / f"samples_{r}.npz")["samples"]
                 for d in (eval_dir, other))
