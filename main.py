@@ -152,6 +152,9 @@ def _parse(argv: list[str]) -> None:
 def run(config, workdir: str, mode: str) -> None:
     from score_sde_jax import evaluation, logging_utils
 
+    default_out = os.path.join(workdir, "samples" if mode == "sample" else "latents")
+    cli.check_run_dirs(workdir, {"train": workdir, "eval": os.path.join(workdir, FLAGS.eval_folder)}
+                       .get(mode, FLAGS.sample_dir or default_out))
     if FLAGS.distributed:
         import jax
 
@@ -195,6 +198,9 @@ def _sample(config, workdir: str) -> dict:
     """Plain, inpainting, colorization or class-conditional sampling, as the flags ask."""
     from score_sde_jax import inference
 
+    if FLAGS.seeds is not None and FLAGS.num_samples is not None:
+        raise ValueError("--seeds and --num_samples exclude each other (--seeds names the "
+                         "samples to draw, so it also sets their number)")
     num = FLAGS.num_samples or int(config.eval.batch_size)  # num_samples >= 1 (lower_bound)
     out = FLAGS.sample_dir or os.path.join(workdir, "samples")
     chosen = [name for name in ("inpaint_image", "colorize_image", "class_label")
@@ -245,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     cli.run_cli(PROG, lambda: run(FLAGS.config, FLAGS.workdir, FLAGS.mode),
                 expected=(checkpoints.CheckpointError, run_lib.NonFiniteLossError,
                           preemption.WorkdirLockedError),
-                interrupted="interrupted at once (nothing saved since the last checkpoint)")
+                interrupted=("interrupted at once (nothing saved since the last checkpoint)"
+                             if FLAGS.mode == "train" else "interrupted"))
 
 
 if __name__ == "__main__":

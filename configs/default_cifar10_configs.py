@@ -33,6 +33,9 @@ Keys beyond the official ones, read by this project:
   data.tfds_name       tensorflow-datasets name when data.source == 'tfds'.
   data.data_dir        tensorflow-datasets data directory ('' = its default, ~/tensorflow_datasets).
   data.path            file (.npz) or directory (images) when data.source is 'npz' / 'folder'.
+  data.skip_bad_files  data.source == 'folder': train without the image files that cannot be
+                       decoded or resized (a warning names each) instead of stopping with an
+                       error that lists them; every file is checked before the first step.
 """
 
 import ml_collections
@@ -111,6 +114,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.data_dir = ''
     data.path = ''
     data.prefetch = 2
+    data.skip_bad_files = False
     data.image_size = 32
     data.random_flip = True
     data.centered = False

@@ -150,17 +150,29 @@ def default_mixture(dim: int = 2) -> GaussianMixture:
 
 
 def sliced_wasserstein(rng: Array, x: Array, y: Array, n_projections: int = 256) -> Array:
-    """Sliced 2-Wasserstein distance between two equal-size samples x, y: (n, D).
+    """Sliced 2-Wasserstein distance between the empirical distributions of x: (n, D) and
+    y: (m, D) (n and m may differ).
 
-    SW₂² = E_θ W₂²(θᵀx, θᵀy) over directions θ uniform on the sphere; each 1-D W₂ is the
-    mean squared difference of sorted projections. Returns SW₂ (not squared).
+    SW₂² = E_θ W₂²(θᵀx, θᵀy) over directions θ uniform on the sphere. Each 1-D W₂² is
+    ∫₀¹ (F⁻¹(u) − G⁻¹(u))² du of the two empirical quantile functions, which are constant
+    between the breakpoints {i/n} ∪ {j/m}: an exact finite sum (for n = m, the mean squared
+    difference of the sorted projections). Returns SW₂ (not squared).
     """
-    if x.shape != y.shape:
-        raise ValueError(f"sliced_wasserstein needs samples of one shape, got {x.shape} and {y.shape}")
+    if x.shape[1:] != y.shape[1:] or not len(x) or not len(y):
+        raise ValueError(f"sliced_wasserstein needs non-empty samples of one point shape, got "
+                         f"{x.shape} and {y.shape}")
     x = x.reshape(x.shape[0], -1)
     y = y.reshape(y.shape[0], -1)
     theta = jax.random.normal(rng, (x.shape[1], n_projections))
     theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
     px = jnp.sort(x @ theta, axis=0)
     py = jnp.sort(y @ theta, axis=0)
-    return jnp.sqrt(jnp.mean((px - py) ** 2))
+    n, m = len(px), len(py)
+    if n == m:
+        return jnp.sqrt(jnp.mean((px - py) ** 2))
+    ends = np.unique(np.concatenate([np.arange(1, n + 1) / n, np.arange(1, m + 1) / m]))
+    starts = np.concatenate([[0.0], ends[:-1]])
+    mid = (starts + ends) / 2  # inside each interval both quantile functions are constant
+    ix, iy = np.floor(mid * n).astype(np.int64), np.floor(mid * m).astype(np.int64)
+    width = jnp.asarray(ends - starts, px.dtype)[:, None]
+    return jnp.sqrt(jnp.sum(width * (px[ix] - py[iy]) ** 2) / n_projections)

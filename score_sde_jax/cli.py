@@ -16,10 +16,12 @@ sample`` or ``--mode eval`` of a trained config skips most of its compile time.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +85,29 @@ def load_config(path: str):
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} has no get_config()")
     return module.get_config()
+
+
+def check_run_dirs(workdir: str, output: str, flag: str = "--workdir") -> None:
+    """Refuse, before any work, a run whose folders cannot be used: an empty ``workdir`` (it
+    would mean the current folder), a ``workdir`` that is an existing file, and an ``output``
+    folder (the work directory itself when training) that is, or lies under, a file, or whose
+    nearest existing folder is not writable (a read-only folder or file system)."""
+    if not str(workdir).strip():
+        raise ValueError(f"{flag}={workdir!r} is empty; name a work directory (an empty path "
+                         "would mean the current folder)")
+    if Path(workdir).expanduser().is_file():
+        raise NotADirectoryError(f"{flag}={workdir} is an existing file, not a work directory")
+    target = Path(output).expanduser()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot write into {output}: {existing} is a file, not a folder")
+    try:  # a real probe: os.access misses read-only mounts and special file systems for root
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        why = "" if e.errno == errno.ENOENT or not e.strerror else f" ({e.strerror})"
+        raise PermissionError(f"cannot write into {output}: {existing} is not "
+                              f"writable{why}") from e
 
 
 def default_cache_dir() -> Path | None:

@@ -142,15 +142,21 @@ def _local_batch_size(config, evaluation: bool, process_count: int) -> int:
 def get_source(config, split: str):
     """The random-access image source of ``config.data.source`` for 'train' or 'test'."""
     data = config.data
+    source = data.get("source", "tfds")
+    missing = [key for key in ("image_size", "num_channels") if key not in data]
+    if missing and source in SOURCES and source != "toy":
+        raise ValueError(f"config.data.source={source!r} reads images, but this config has no "
+                         f"config.data.{' / config.data.'.join(missing)} (a toy config? its data "
+                         "are points drawn by data.source='toy')")
     size, channels = data.image_size, data.num_channels
     resize = img.get_resize_op(str(data.dataset), size)
-    source = data.get("source", "tfds")
     if source == "tfds":
         return tfds_source(config, split, resize)
     if source == "npz":
         return img.npz_source(data.get("path", ""), resize, size, channels)
     if source == "folder":
-        return img.folder_source(data.get("path", ""), resize, channels, size)
+        return img.folder_source(data.get("path", ""), resize, channels, size,
+                                 bool(data.get("skip_bad_files", False)))
     if source == "digits":
         return img.digits_source(split, img.get_resize_op("DIGITS", size), size, channels)
     raise ValueError(f"config.data.source={source!r} is not one of {SOURCES}")

@@ -15,8 +15,10 @@ for a collective the others never enter.
 Lock: ``workdir/train.lock`` (JSON: host, pid, start time) is created atomically by process 0
 and its modification time is a heartbeat, refreshed every ``SCORE_SDE_JAX_LOCK_HEARTBEAT_S``
 (30) seconds. A lock whose process is gone (same host) or whose heartbeat is older than
-``SCORE_SDE_JAX_LOCK_STALE_S`` (300) seconds is taken over with a warning; any other lock makes
-the second trainer fail at once (:class:`WorkdirLockedError`), before it writes anything.
+``SCORE_SDE_JAX_LOCK_STALE_S`` (300) seconds is taken over with a warning, and so is one that
+names no trainer (empty or damaged: no host and pid once it is half a second old); any other
+lock makes the second trainer fail at once (:class:`WorkdirLockedError`), before it writes
+anything. A value of either variable that is not a positive number is an error naming it.
 Evaluation and sampling do not take the lock: they may read a work directory being trained.
 """
 
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from score_sde_jax import sharding
 
@@ -132,7 +135,31 @@ def _describe(info: dict, mtime: float) -> str:
             f"last heartbeat {time.time() - mtime:.0f} s ago")
 
 
+def _is_record(info: dict) -> bool:
+    """Whether a lock's content names its holder (a host string and an integer pid)."""
+    return isinstance(info.get("host"), str) and isinstance(info.get("pid"), int)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """The positive number of seconds in the environment variable ``name`` (default when unset);
+    anything else is a ValueError naming the variable."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={text!r} is not a positive number of seconds (unset it for "
+                         f"the default, {default:g})")
+    return value
+
+
 def _stale_reason(info: dict, mtime: float, stale_after: float) -> str | None:
+    if not _is_record(info):
+        return ("it holds no trainer record (an empty or damaged file, not written by a "
+                "training of this version)")
     if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) \
             and not _pid_alive(info["pid"]):
         return f"process {info['pid']} no longer exists"
@@ -149,9 +176,9 @@ class WorkdirLock:
     def __init__(self, workdir: str | os.PathLike, heartbeat_s: float | None = None,
                  stale_after_s: float | None = None):
         self.path = Path(workdir).absolute() / LOCK_FILE
-        self.heartbeat_s = float(os.environ.get(HEARTBEAT_ENV, 30) if heartbeat_s is None
+        self.heartbeat_s = float(_env_seconds(HEARTBEAT_ENV, 30) if heartbeat_s is None
                                  else heartbeat_s)
-        self.stale_after_s = float(os.environ.get(STALE_ENV, 300) if stale_after_s is None
+        self.stale_after_s = float(_env_seconds(STALE_ENV, 300) if stale_after_s is None
                                    else stale_after_s)
         self._record = {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time()}
         self._done = threading.Event()
@@ -199,6 +226,11 @@ class WorkdirLock:
             if self._create():
                 return
             found = _read(self.path)
+            for _ in range(5):  # a lock created this instant may not hold its record yet
+                if found is None or _is_record(found[0]) or time.time() - found[1] > 0.5:
+                    break
+                time.sleep(0.1)
+                found = _read(self.path)
             if found is None:  # released meanwhile
                 continue
             info, mtime = found
@@ -222,8 +254,10 @@ class WorkdirLock:
                 except FileExistsError:
                     pass
                 continue
-            logging.warning("taking over the lock of %s: it was held by %s, but %s",
-                            self.path.parent, _describe(info, mtime), reason)
+            holder = (f"it was held by {_describe(info, mtime)}" if _is_record(info)
+                      else f"{self.path} was found")
+            logging.warning("taking over the lock of %s: %s, but %s", self.path.parent, holder,
+                            reason)
         if not self._create():
             raise WorkdirLockedError(f"could not take the lock {self.path}: other runs keep "
                                      "taking it")

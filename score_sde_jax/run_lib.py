@@ -32,7 +32,10 @@ written if the stopped run had not written it, and ``metrics.jsonl`` / TensorBoa
 after that step (from the stopped run) are dropped, so the outputs match an uninterrupted run.
 
 A non-finite loss or gradient norm stops training with :class:`NonFiniteLossError` before the
-bad state is saved; the checkpoints already written stay as they are.
+bad state is saved; the checkpoints already written stay as they are. Data that fail mid-run (a
+file damaged after the check at start, an unreadable tfds record) stop training with
+:class:`DataFailedError` after the state of the last update is saved as the preemption
+checkpoint (one process), so no update is lost.
 """
 
 from __future__ import annotations
@@ -62,6 +65,28 @@ _FREQ_KEYS = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preem
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient) became NaN or infinite during training."""
+
+
+class DataFailedError(ValueError):
+    """Reading a training or evaluation batch failed mid-run (a file damaged or changed since
+    the data were checked, an unreadable record); the state of the last update was saved."""
+
+
+def _data_failed(error: Exception, config, state, step: int, start: int, pending,
+                 last_good: str, checkpointer) -> DataFailedError:
+    """The error to raise when the data fail before update ``step + 1``: the updates since the
+    last checkpoint are kept by saving ``state`` (step ``step``) as the preemption checkpoint,
+    after checking that the last update was finite (a single process only: with several, the
+    others would wait in the collective save for a process that never comes)."""
+    if pending is not None:
+        _check_finite(*pending, last_good)
+    saved = last_good
+    if step > start and jax.process_count() == 1 and step not in checkpoints.all_steps(
+            checkpointer.directory):
+        saved = f"the state of step {step} was saved to {checkpointer.save(state, config)}"
+    return DataFailedError(f"training stopped at step {step}: reading the data failed "
+                           f"({type(error).__name__}: {error}); {saved}. Fix the data and run the "
+                           "same command again to resume")
 
 
 def _validate(config) -> int:
@@ -147,6 +172,7 @@ def train(config, workdir: str | Path, mesh=None) -> train_lib.TrainState:
     datasets.check_data(config)  # bad data fails here, before anything is created
     mesh = mesh or sharding.make_mesh()
     sharding.check_batch_size(int(config.training.batch_size), mesh)
+    train_lib.check_grad_accum(config, mesh)
     workdir = Path(workdir).absolute()  # orbax and the messages want absolute paths
     with preemption.WorkdirLock(workdir), preemption.StopSignals() as stop:
         return _train(config, workdir, mesh, k, stop)
@@ -205,7 +231,12 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
         writer = logging_utils.MetricWriter(workdir, purge_after=start)
         step, pending = start, None
         for n in chunk_sizes(start, n_iters, k):
-            state, metrics = steps[n](state, next(feed))
+            try:
+                batch = next(feed)
+            except Exception as e:  # noqa: BLE001 -- any failure of the data: keep the steps
+                raise _data_failed(e, config, state, step, start, pending, last_good,
+                                   preemption_ckpt) from e
+            state, metrics = steps[n](state, batch)
             if pending is not None:  # the previous call's metrics, fetched one call late
                 _check_finite(*pending, last_good)
             pending, step = (step, metrics), step + n
@@ -226,7 +257,11 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
                 progress.update(step, values["training_loss"])
                 writer.scalars(step, values)
             if crossed(int(t.eval_freq)):
-                batch = sharding.make_global_batch(next(eval_data), mesh)
+                try:
+                    batch = sharding.make_global_batch(next(eval_data), mesh)
+                except Exception as e:  # noqa: BLE001 -- any failure of the data: keep the steps
+                    raise _data_failed(e, config, state, step, start, None, last_good,
+                                       preemption_ckpt) from e
                 values = {f"eval_{key}": float(v) for key, v in eval_step(state, batch).items()}
                 logging.info("step %d: %s", step, logging_utils.format_metrics(values))
                 writer.scalars(step, values)

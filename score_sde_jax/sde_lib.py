@@ -121,7 +121,13 @@ class VESDE(SDE):
             raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
-        self.discrete_sigmas = jnp.exp(jnp.linspace(np.log(sigma_min), np.log(sigma_max), N))
+        # tables computed in float64, then stored in JAX's default precision
+        sigmas = np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
+        self.discrete_sigmas = jnp.asarray(sigmas)
+        # G_i = √(σ_i² − σ_{i−1}²) = σ_i √(−expm1(2 log(σ_{i−1}/σ_i))) (no cancellation), G_0 = σ_0
+        steps = sigmas.copy()
+        steps[1:] *= np.sqrt(-np.expm1(2.0 * np.diff(-np.log(sigmas))))
+        self.discrete_sigma_steps = jnp.asarray(steps)
 
     def sigma(self, t: Array) -> Array:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
@@ -142,9 +148,7 @@ class VESDE(SDE):
     def discretize(self, x, t):
         """SMLD: f_i = 0, G_i = √(σ_i² − σ_{i−1}²) with σ_{−1} = 0."""
         i = step_index(t, self.N, self.T)
-        sigma = self.discrete_sigmas[i]
-        adjacent = jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
-        return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
+        return jnp.zeros_like(x), self.discrete_sigma_steps[i]
 
 
 class VPSDE(SDE):
@@ -157,11 +161,19 @@ class VPSDE(SDE):
             raise ValueError(f"needs 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
-        self.discrete_betas = jnp.linspace(beta_min / N, beta_max / N, N)
-        self.alphas = 1.0 - self.discrete_betas
-        self.alphas_cumprod = jnp.cumprod(self.alphas)
-        self.sqrt_alphas_cumprod = jnp.sqrt(self.alphas_cumprod)
-        self.sqrt_1m_alphas_cumprod = jnp.sqrt(1.0 - self.alphas_cumprod)
+        # tables computed in float64 (1 − ᾱ and √α − 1 through expm1 / log1p), then stored in
+        # JAX's default precision
+        # (β_i > 1 when N < β_max: the discrete chain does not exist, its tables are NaN)
+        betas = np.linspace(beta_min / N, beta_max / N, N)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_alphas = np.log1p(-betas)
+        log_alphas_cumprod = np.cumsum(log_alphas)
+        self.discrete_betas = jnp.asarray(betas)
+        self.alphas = jnp.asarray(1.0 - betas)
+        self.sqrt_alphas_m1 = jnp.asarray(np.expm1(0.5 * log_alphas))  # √α_i − 1
+        self.alphas_cumprod = jnp.asarray(np.exp(log_alphas_cumprod))
+        self.sqrt_alphas_cumprod = jnp.asarray(np.exp(0.5 * log_alphas_cumprod))
+        self.sqrt_1m_alphas_cumprod = jnp.asarray(np.sqrt(-np.expm1(log_alphas_cumprod)))
 
     def beta(self, t: Array) -> Array:
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -175,8 +187,9 @@ class VPSDE(SDE):
         return -0.5 * batch_mul(beta_t, x), jnp.sqrt(beta_t)
 
     def marginal_prob(self, x, t):
+        """mean e^{lmc} x, std √(1 − e^{2 lmc}) (as −expm1: no cancellation at small t)."""
         lmc = self.log_mean_coeff(t)
-        return batch_mul(jnp.exp(lmc), x), jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+        return batch_mul(jnp.exp(lmc), x), jnp.sqrt(-jnp.expm1(2.0 * lmc))
 
     def prior_sampling(self, rng, shape):
         return prng.normal(rng, shape)
@@ -188,7 +201,7 @@ class VPSDE(SDE):
         """DDPM: f_i = √α_i x − x, G_i = √β_i."""
         i = step_index(t, self.N, self.T)
         beta = self.discrete_betas[i]
-        f = batch_mul(jnp.sqrt(self.alphas[i]), x) - x
+        f = batch_mul(self.sqrt_alphas_m1[i], x)  # (√α_i − 1) x without cancellation
         return f, jnp.sqrt(beta)
 
 
@@ -202,12 +215,13 @@ class subVPSDE(VPSDE):
 
     def sde(self, x, t):
         beta_t = self.beta(t)
-        discount = 1.0 - jnp.exp(4.0 * self.log_mean_coeff(t))  # 1 − e^{−2∫β}
+        discount = -jnp.expm1(4.0 * self.log_mean_coeff(t))  # 1 − e^{−2∫β}
         return -0.5 * batch_mul(beta_t, x), jnp.sqrt(beta_t * discount)
 
     def marginal_prob(self, x, t):
+        """mean e^{lmc} x, std 1 − e^{2 lmc} (as −expm1: no cancellation at small t)."""
         lmc = self.log_mean_coeff(t)
-        return batch_mul(jnp.exp(lmc), x), 1.0 - jnp.exp(2.0 * lmc)
+        return batch_mul(jnp.exp(lmc), x), -jnp.expm1(2.0 * lmc)
 
     discretize = SDE.discretize
 

@@ -195,17 +195,32 @@ def grad_accum_steps(config) -> int:
     return int(k)
 
 
+def check_grad_accum(config, mesh: Mesh) -> int:
+    """``config.training.grad_accum_steps`` = k checked against the global batch and the mesh
+    before any work (the checks :func:`microbatches` makes when the step is traced): k a
+    positive integer dividing ``config.training.batch_size`` into microbatches that are a
+    multiple of the number of devices. Returns k."""
+    k = grad_accum_steps(config)
+    _check_split(int(config.training.batch_size), k, mesh, "config.training.batch_size")
+    return k
+
+
+def _check_split(size: int, k: int, mesh: Mesh | None, what: str) -> None:
+    """A batch of ``size`` splits into k microbatches, each a multiple of the device count."""
+    if size % k:
+        raise ValueError(f"config.training.grad_accum_steps={k} does not divide {what}={size} "
+                         "into equal microbatches")
+    if mesh is not None and (size // k) % mesh.devices.size:
+        raise ValueError(f"config.training.grad_accum_steps={k} makes microbatches of {size // k}, "
+                         f"not a multiple of the number of devices ({mesh.devices.size})")
+
+
 def microbatches(tree, k: int, mesh: Mesh | None = None):
     """(B, ...) leaves -> (k, B/k, ...): microbatch j holds examples j, j + k, j + 2k, ... so
     that each device keeps its own rows (with ``mesh``, microbatches are sharded over 'data')."""
     sizes = {v.shape[0] for v in jax.tree_util.tree_leaves(tree)}
     (size,) = sizes
-    if size % k:
-        raise ValueError(f"the global batch of {size} is not divisible by "
-                         f"config.training.grad_accum_steps={k}")
-    if mesh is not None and (size // k) % mesh.devices.size:
-        raise ValueError(f"config.training.grad_accum_steps={k} makes microbatches of {size // k}, "
-                         f"not a multiple of the number of devices ({mesh.devices.size})")
+    _check_split(size, k, mesh, "the global batch")
 
     def split(v):
         v = jnp.swapaxes(v.reshape(size // k, k, *v.shape[1:]), 0, 1)

@@ -75,3 +75,17 @@ def test_sliced_wasserstein_properties():
     shifted = float(analytic.sliced_wasserstein(jax.random.PRNGKey(1), x, x + jnp.array([3.0, 0.0])))
     # projected shift has RMS 3/√2 over uniform directions in 2-D
     np.testing.assert_allclose(shifted, 3 / np.sqrt(2), rtol=0.05)
+
+
+def test_sliced_wasserstein_of_samples_of_different_sizes():
+    """n ≠ m: the exact integral of the squared difference of the empirical quantile functions."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (300, 2))
+    key = jax.random.PRNGKey(1)
+    # every point twice is the same empirical distribution
+    assert float(analytic.sliced_wasserstein(key, x, jnp.concatenate([x, x]))) < 1e-6
+    # by hand in 1-D: x = {0, 1}, y = {0, 1, 2} (quantile breakpoints 1/3, 1/2, 2/3):
+    # (0−0)² 1/3 + (0−1)² 1/6 + (1−1)² 1/6 + (1−2)² 1/3 = 1/2
+    sw = analytic.sliced_wasserstein(key, jnp.array([[0.0], [1.0]]), jnp.array([[0.0], [1.0], [2.0]]))
+    np.testing.assert_allclose(float(sw), np.sqrt(0.5), rtol=1e-6)
+    with pytest.raises(ValueError, match="one point shape"):
+        analytic.sliced_wasserstein(key, x, jnp.zeros((5, 3)))

@@ -29,6 +29,7 @@ from training_helpers import tiny_toy_config  # noqa: E402
 
 from configs.digits import get_config as digits_config  # noqa: E402
 from score_sde_jax import (  # noqa: E402
+    analytic,
     checkpoints,
     datasets,
     eval_lib,
@@ -290,8 +291,10 @@ def test_eight_devices_give_the_samples_bits_per_dim_and_report_of_one(evaluated
     for name, value in results[1].items():
         assert single[1][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     other = workdir / "run" / "eval_one_device"
+    # within the adaptive ODE solver's tolerance (eval.likelihood_rtol = 1e-5 of ~9 bits/dim):
+    # the device count's rounding can move one accepted step of one example
     np.testing.assert_allclose(eval_io.read_npz(other / "test_ckpt_1_bpd.npz")["bpd"],
-                               eval_io.read_npz(eval_dir / "test_ckpt_1_bpd.npz")["bpd"], atol=1e-5)
+                               eval_io.read_npz(eval_dir / "test_ckpt_1_bpd.npz")["bpd"], atol=5e-5)
     for r in range(2):  # uint8 samples: at most one level apart where 255 x sits on a boundary
         a, b = (eval_io.read_npz(d / "ckpt_1_host_0" / f"samples_{r}.npz")["samples"]
                 for d in (eval_dir, other))
@@ -426,3 +429,19 @@ def test_image_grid_layout_and_atomic_files(tmp_path):
     eval_io.append_jsonl(tmp_path / "r.jsonl", {"b": 2})
     assert [{k: v for k, v in r.items() if k != "time"}
             for r in eval_io.read_jsonl(tmp_path / "r.jsonl")] == [{"a": 1.5}, {"b": 2}]
+
+
+def test_toy_report_uses_every_sample_and_the_whole_test_set():
+    """The 2-D toy report compares all samples with all ``data.toy_eval_size`` test points, not
+    the first ``eval.batch_size`` of each: the test set itself, shuffled, is at distance 0."""
+    config = tiny_toy_config()
+    config.eval.batch_size, config.data.toy_eval_size = 64, 1000
+    data = np.concatenate([b["image"] for b in datasets.get_dataset(
+        config, "test", evaluation=True, shard=(0, 1), drop_remainder=False)])
+    assert len(data) == 1000
+    shuffled = data[np.random.default_rng(0).permutation(len(data))]
+    assert rounds._toy_report(config, shuffled)["sliced_wasserstein"] < 1e-5
+    far = rounds._toy_report(config, shuffled[:500] + 1.0)["sliced_wasserstein"]
+    whole = analytic.sliced_wasserstein(jax.random.PRNGKey(0), jnp.asarray(shuffled[:500] + 1.0),
+                                        jnp.asarray(data))
+    np.testing.assert_allclose(far, float(whole), rtol=1e-5)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from score_sde_jax.data import folder_check
 from score_sde_jax.files import read_npz
 
 ResizeOp = Callable[[np.ndarray], np.ndarray]  # (H, W, C) uint8 or [0,1] float -> (S, S, C) f32
@@ -121,7 +122,13 @@ class MappedSource:
     def get_batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
         for i in indices:
-            image, label = self._get(int(i))
+            try:
+                image, label = self._get(int(i))
+            except ValueError:  # already names the example
+                raise
+            except Exception as e:  # noqa: BLE001 -- a damaged record: name it
+                raise ValueError(f"{self._what}: example {int(i)} cannot be read "
+                                 f"({type(e).__name__}: {e})") from e
             image = match_channels(np.asarray(image), self._num_channels, self._what)
             images.append(self._resize(image))
             labels.append(label)
@@ -205,21 +212,30 @@ def _folder_files(root: Path) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def folder_source(path: str, resize: ResizeOp, num_channels: int, size: int) -> MappedSource:
-    """``config.data.path``: a folder of PNG/JPEG images, optionally one sub-folder per class."""
+def folder_source(path: str, resize: ResizeOp, num_channels: int, size: int,
+                  skip_bad_files: bool = False) -> MappedSource:
+    """``config.data.path``: a folder of PNG/JPEG images, optionally one sub-folder per class.
+
+    Every file is decoded and its size checked here (:mod:`score_sde_jax.data.folder_check`):
+    bad files are an error listing them, or skipped with a warning each when
+    ``skip_bad_files``; sizes other than ``size`` x ``size`` are announced once."""
     root = Path(path).expanduser()
     if not path or not root.is_dir():
         raise FileNotFoundError(f"config.data.path={path!r}: no such folder (data.source='folder')")
     files, labels = _folder_files(root)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
-    with Image.open(files[0]) as im:
-        warn_if_resized(f"{root} ({files[0].name} ...)", im.size[::-1], size)
+    good = folder_check.check_images(root, files, resize, num_channels, size, skip_bad_files)
+    files, labels = [files[i] for i in good], [labels[i] for i in good]
     mode = "L" if num_channels == 1 else "RGB"
 
     def get(i: int) -> tuple[np.ndarray, int]:
-        with Image.open(files[i]) as im:
-            return np.asarray(im.convert(mode)), labels[i]
+        try:
+            with Image.open(files[i]) as im:
+                return np.asarray(im.convert(mode)), labels[i]
+        except Exception as e:  # noqa: BLE001 -- changed since the check: name the file
+            raise ValueError(f"{files[i]} cannot be read any more ({type(e).__name__}: {e}); it "
+                             "was checked when the folder was opened") from e
 
     return MappedSource(len(files), get, resize, num_channels, str(root))
 

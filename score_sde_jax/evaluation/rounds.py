@@ -194,10 +194,12 @@ def _round(ctx: Context, params, key, r: int, host_file: Path, round_file: Path)
 
 
 def _toy_report(config, samples: np.ndarray) -> dict[str, float]:
-    data = next(iter(datasets.get_dataset(config, "test", evaluation=True, shard=(0, 1))))["image"]
-    n = min(len(samples), len(data))
-    sw = analytic.sliced_wasserstein(jax.random.PRNGKey(0), jax.numpy.asarray(samples[:n]),
-                                     jax.numpy.asarray(data[:n]))
+    """Sliced Wasserstein of all ``samples`` to the whole test set (``data.toy_eval_size``
+    points), and the mean log-density of the samples under the true mixture (GMM)."""
+    data = np.concatenate([b["image"] for b in datasets.get_dataset(
+        config, "test", evaluation=True, shard=(0, 1), drop_remainder=False)])
+    sw = analytic.sliced_wasserstein(jax.random.PRNGKey(0), jax.numpy.asarray(samples),
+                                     jax.numpy.asarray(data))
     report = {"sliced_wasserstein": float(sw)}
     if toy.toy_name(config.data) == "gmm":
         mixture = toy.gaussian_mixture_from_config(config.data)

@@ -65,8 +65,9 @@ def ancestral_sampling(rng, x, t, score_fn, sde, rsde):
     if isinstance(sde, sde_lib.VESDE):
         sigma = sde.discrete_sigmas[i]
         adjacent = jnp.where(i == 0, 0.0, sde.discrete_sigmas[jnp.maximum(i - 1, 0)])
-        x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
-        std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
+        step = sde.discrete_sigma_steps[i]  # √(σ_i² − σ_{i−1}²), without cancellation
+        x_mean = x + batch_mul(step**2, score)
+        std = adjacent * step / sigma
         return x_mean + batch_mul(std, z), x_mean
     beta = sde.discrete_betas[i]
     x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))

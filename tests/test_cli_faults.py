@@ -1,0 +1,164 @@
+"""Faults of the command line, as a user meets them (main.py run from the repository root with
+relative paths): each ends in one line naming the cause, before any work and before the work
+directory is created; none is silently accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import pytest
+from training_helpers import ROOT, TINY, subprocess_env, tiny_toy_config
+
+from score_sde_jax import checkpoints, preemption, sharding, train_lib
+
+HINT = " (SCORE_SDE_JAX_TRACEBACK=1 shows the traceback)"
+TOY = "--config=configs/toy_gmm.py"
+OVERRIDES = [f"--config.{k}={v}" for k, v in TINY.items()]
+
+
+def _rel(path: Path) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+def _main(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "main.py", TOY, *OVERRIDES, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=subprocess_env(XLA_FLAGS="", SCORE_SDE_JAX_CACHE="off", **env))
+
+
+def _one_line(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    return out.stderr.splitlines()[-1]
+
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A folder this user cannot create files in: read-only permissions, or (for root, whom
+    permissions do not stop) /sys/kernel, read-only for everyone in containers and VMs."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys/kernel")):
+        try:
+            with tempfile.TemporaryFile(dir=candidate):
+                pass
+        except OSError:
+            return candidate
+    pytest.skip("no folder here is read-only for this user")
+
+
+def test_bad_work_directories_are_one_line_errors(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    line = _one_line(_main("--workdir=", "--mode=train"))
+    assert line == ("main.py: error: ValueError: --workdir='' is empty; name a work directory (an "
+                    "empty path would mean the current folder)" + HINT)
+    line = _one_line(_main(f"--workdir={_rel(a_file)}", "--mode=train"))
+    assert line == (f"main.py: error: NotADirectoryError: --workdir={_rel(a_file)} is an existing "
+                    "file, not a work directory" + HINT)
+    line = _one_line(_main(f"--workdir={_rel(a_file / 'run')}", "--mode=eval"))
+    assert line == (f"main.py: error: NotADirectoryError: cannot write into "
+                    f"{_rel(a_file / 'run' / 'eval')}: {_rel(a_file)} is a file, not a folder" + HINT)
+    readonly = _unwritable_dir(tmp_path)
+    out = readonly / "run"
+    line = _one_line(_main(f"--workdir={out}", "--mode=train"))
+    assert line.startswith(f"main.py: error: PermissionError: cannot write into {out}: {readonly} "
+                           "is not writable"), line
+    assert a_file.read_text() == "mine\n" and not out.exists()
+
+
+def test_bad_grad_accum_steps_and_lock_variable_are_refused_before_the_workdir_exists(tmp_path):
+    workdir = tmp_path / "run"
+    line = _one_line(_main(f"--workdir={_rel(workdir)}", "--mode=train",
+                           "--config.training.grad_accum_steps=3"))
+    assert line == ("main.py: error: ValueError: config.training.grad_accum_steps=3 does not divide "
+                    "config.training.batch_size=64 into equal microbatches" + HINT)
+    line = _one_line(_main(f"--workdir={_rel(workdir)}", "--mode=train",
+                           SCORE_SDE_JAX_LOCK_STALE_S="5min"))
+    assert line == ("main.py: error: ValueError: SCORE_SDE_JAX_LOCK_STALE_S='5min' is not a "
+                    "positive number of seconds (unset it for the default, 300)" + HINT)
+    assert not workdir.exists()
+
+
+def test_seeds_with_num_samples_is_an_error(tmp_path):
+    line = _one_line(_main(f"--workdir={_rel(tmp_path)}", "--mode=sample", "--seeds=0-3",
+                           "--num_samples=8"))
+    assert line == ("main.py: error: ValueError: --seeds and --num_samples exclude each other "
+                    "(--seeds names the samples to draw, so it also sets their number)" + HINT)
+
+
+def _write_lock(workdir: Path, text: str) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / preemption.LOCK_FILE).write_text(text)
+
+
+@pytest.mark.parametrize("text", ["", "{\"host\": \"h", "[1, 2]", "{\"pid\": \"x\"}"])
+def test_an_empty_or_garbled_lock_is_no_live_trainer(tmp_path, caplog, text):
+    """A train.lock without a trainer record (empty, cut short, not ours) is taken over with a
+    warning saying so, even with a fresh heartbeat -- never reported as "pid ? on host ?"."""
+    _write_lock(tmp_path, text)
+    with caplog.at_level("WARNING"), preemption.WorkdirLock(tmp_path, stale_after_s=600) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert (f"taking over the lock of {tmp_path}: {tmp_path / preemption.LOCK_FILE} was found, "
+            "but it holds no trainer record (an empty or damaged file") in caplog.text
+    assert "?" not in caplog.text
+
+
+def test_bad_lock_environment_variables_are_named(monkeypatch, tmp_path):
+    for value in ("abc", "-5", "0", "nan"):
+        monkeypatch.setenv(preemption.HEARTBEAT_ENV, value)
+        with pytest.raises(ValueError, match=f"SCORE_SDE_JAX_LOCK_HEARTBEAT_S='{value}' is not a "
+                                             "positive number of seconds"):
+            preemption.WorkdirLock(tmp_path)
+    monkeypatch.setenv(preemption.HEARTBEAT_ENV, "2.5")
+    assert preemption.WorkdirLock(tmp_path).heartbeat_s == 2.5
+
+
+def test_ctrl_c_in_sample_mode_does_not_print_the_training_message(tmp_path):
+    config = tiny_toy_config()
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    snapshots = checkpoints.Checkpointer(checkpoints.step_dirs(tmp_path)[0])
+    snapshots.save(state, config)
+    snapshots.close()
+    # SIGINT as from a terminal: a test runner started in the background ignores it, and so
+    # would main.py, inheriting that (preexec_fn cannot reset it: JAX's threads forbid forking)
+    terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, "
+                "signal.default_int_handler); sys.argv = sys.argv[1:]; "
+                "runpy.run_path('main.py', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", terminal, "main.py", TOY, *OVERRIDES,
+                             f"--workdir={_rel(tmp_path)}", "--mode=sample", "--num_samples=100000",
+                             "--config.eval.batch_size=8"],
+                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=subprocess_env(XLA_FLAGS="", SCORE_SDE_JAX_CACHE="off"))
+    try:
+        deadline, lines = time.time() + 120, []
+        while time.time() < deadline:
+            lines.append(proc.stderr.readline())
+            if "drawing 100000 samples" in lines[-1] or not lines[-1]:
+                break
+        assert "drawing 100000 samples" in lines[-1], "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert rest.splitlines()[-1] == "main.py: interrupted"
+    assert "checkpoint" not in rest and "Traceback" not in rest
+
+
+def test_grad_accum_check_before_training_names_the_key():
+    mesh = sharding.make_mesh()  # 8 CPU devices in the tests
+    assert train_lib.check_grad_accum(tiny_toy_config(**{"training.grad_accum_steps": 8}), mesh) == 8
+    with pytest.raises(ValueError, match=r"grad_accum_steps=16 makes microbatches of 4, not a "
+                                         r"multiple of the number of devices \(8\)"):
+        train_lib.check_grad_accum(tiny_toy_config(**{"training.grad_accum_steps": 16}), mesh)
+    with pytest.raises(ValueError, match=r"grad_accum_steps=0 must be a positive integer"):
+        train_lib.check_grad_accum(tiny_toy_config(**{"training.grad_accum_steps": 0}), mesh)
