@@ -96,19 +96,23 @@ def _task(config) -> Task:
 
 @register_task("score")
 def _score_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> StepLoss:
-    """Denoising score matching: continuous DSM (SPEC §3), or discrete SMLD (VE) / DDPM (VP)."""
+    """Denoising score matching: continuous DSM (SPEC §3), or discrete SMLD (VE) / DDPM (VP).
+    A label-conditional network (``model.num_classes`` > 0) reads ``batch['label']``, replaced
+    by the null label with probability ``training.label_dropout`` when training."""
     t = config.training
     continuous, reduce_mean = bool(t.continuous), bool(t.reduce_mean)
     weighting = bool(t.get("likelihood_weighting", False))
+    k = mutils.num_classes(config)
+    cond = {"num_classes": k, "label_dropout": float(t.get("label_dropout", 0.0)) if train else 0.0}
     if continuous:
-        loss_fn = losses.get_sde_loss_fn(sde, reduce_mean, weighting)
+        loss_fn = losses.get_sde_loss_fn(sde, reduce_mean, weighting, **cond)
     elif weighting:
         raise ValueError("config.training.likelihood_weighting=True needs "
                          "config.training.continuous=True")
     elif isinstance(sde, sde_lib.VESDE):
-        loss_fn = losses.get_smld_loss_fn(sde, reduce_mean)
+        loss_fn = losses.get_smld_loss_fn(sde, reduce_mean, **cond)
     elif type(sde) is sde_lib.VPSDE:
-        loss_fn = losses.get_ddpm_loss_fn(sde, reduce_mean)
+        loss_fn = losses.get_ddpm_loss_fn(sde, reduce_mean, **cond)
     else:
         raise ValueError(f"config.training.continuous=False (discrete SMLD / DDPM training) is "
                          f"for vesde / vpsde, not config.training.sde={t.sde!r}")
@@ -125,7 +129,8 @@ def _score_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> Step
             fn = mutils.get_score_fn(sde, model, variables, train, True, dropout)
         else:
             fn = mutils.get_model_fn(model, variables, train, dropout)
-        return loss_fn(rng_loss, fn, batch["image"]), {}
+        labels = batch["label"] if k else None
+        return loss_fn(rng_loss, fn, batch["image"], labels), {}
 
     return loss
 
