@@ -118,7 +118,9 @@ def test_config_has_the_keys_the_project_reads(name):
     assert utils.num_classes(config) >= 0 and 0 <= config.training.label_dropout <= 1
     assert config.sampling.cfg_scale >= 0
     assert guidance.check_interval(config.sampling.guidance_interval)
-    if name != 'toy_gmm_cfg':
+    if name in ('toy_gmm_cfg', 'digits_cfg'):  # label-conditional, label dropout of Ho & Salimans
+        assert config.model.num_classes > 0 and config.training.label_dropout == 0.1
+    else:
         assert config.model.num_classes == 0 and config.sampling.cfg_scale == 0
 
 
@@ -376,7 +378,8 @@ def _labels_for(config, batch: int) -> jax.Array:
     return t * 999 if config.training.continuous else jnp.round(t * (sde.N - 1)).astype(jnp.int32)
 
 
-SMALL = sorted([n for n in EXPERIMENTS if n.startswith('tiny/')] + ['digits', 'toy_gmm', 'toy_gmm_cfg'])
+SMALL = sorted([n for n in EXPERIMENTS if n.startswith('tiny/')]
+               + ['digits', 'digits_cfg', 'toy_gmm', 'toy_gmm_cfg'])
 
 
 @pytest.mark.parametrize('name', SMALL)
