@@ -54,7 +54,9 @@ flags.DEFINE_string("inpaint_image", None, "sample mode: inpaint this image (PNG
                     "--inpaint_mask, 1 = known pixel).")
 flags.DEFINE_string("inpaint_mask", None, "sample mode: mask for --inpaint_image (PNG/npz).")
 flags.DEFINE_string("colorize_image", None, "sample mode: colorize this grayscale image (PNG/npz).")
-flags.DEFINE_integer("class_label", None, "sample mode: sample this class with classifier guidance.")
+flags.DEFINE_integer("class_label", None, "sample mode: sample this class: with classifier-free "
+                     "guidance (config.sampling.cfg_scale) for a label-conditional model, or with "
+                     "the classifier of --classifier_workdir.")
 flags.DEFINE_string("classifier_workdir", None, "sample mode: workdir of the noise-conditional "
                     "classifier used with --class_label.")
 config_flags.DEFINE_config_file("classifier_config", None, "sample mode: the classifier's config "
@@ -217,16 +219,14 @@ def _sample(config, workdir: str) -> dict:
     if FLAGS.colorize_image is not None:
         return inference.colorize(config, workdir, FLAGS.colorize_image, out, step=FLAGS.step,
                                          num_samples=FLAGS.num_samples)
-    if FLAGS.class_label is not None:
-        if FLAGS.classifier_workdir is None:
-            raise ValueError("--class_label needs --classifier_workdir")
+    if FLAGS.class_label is not None and FLAGS.classifier_workdir is not None:
         return inference.sample_class(
             config, workdir, FLAGS.classifier_workdir, FLAGS.class_label, FLAGS.guidance_scale, out,
             num_samples=num, classifier_config=FLAGS.classifier_config, step=FLAGS.step)
     if FLAGS.seeds is not None:
         return inference.sample(config, workdir, None, out, step=FLAGS.step,
-                                seeds=inference.parse_seeds(FLAGS.seeds))
-    return inference.sample(config, workdir, num, out, step=FLAGS.step)
+                                seeds=inference.parse_seeds(FLAGS.seeds), class_label=FLAGS.class_label)
+    return inference.sample(config, workdir, num, out, step=FLAGS.step, class_label=FLAGS.class_label)
 
 
 def _latents(config, workdir: str, mode: str) -> dict:

@@ -25,6 +25,14 @@ Keys beyond the official ones, read by this project:
                                  (the official way, steps shared by the batch).
   training.task        training objective registered in train_lib ('score').
   training.grad_accum_steps  microbatches per update (gradients summed in a lax.scan; 1 = off).
+  training.label_dropout     probability that a training label becomes the null label (classifier-
+                             free guidance; read when model.num_classes > 0; 0.1 is typical).
+  model.num_classes    K > 0: a label-conditional score network (class embedding of K + 1 rows,
+                       row K the null label); 0 = unconditional (the official networks).
+  sampling.cfg_scale   guidance weight w: s_w = (1 + w) s(x, t, c) − w s(x, t, ∅) (0 = the plain
+                       conditional score; score_sde_jax/guidance.py).
+  sampling.guidance_interval  (σ_lo, σ_hi): guidance only where σ_lo ≤ std(t)/mean(t) ≤ σ_hi, w = 0
+                       elsewhere; the default (0, inf) guides at every noise level.
   model.dtype          compute dtype of the network: 'float32' | 'bfloat16' (parameters, optimizer
                        state and EMA stay float32; see models/layers.get_dtype).
   model.remat          recompute each residual / attention block in the backward pass.
@@ -60,6 +68,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.reduce_mean = False
     training.task = 'score'
     training.grad_accum_steps = 1
+    training.label_dropout = 0.
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = 'pc'
@@ -86,6 +95,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.s_noise = 1.0
     sampling.sigma_min = 0.0  # 0: the SDE's sigma at t = eps
     sampling.temperature = 1.0
+    sampling.cfg_scale = 0.
+    sampling.guidance_interval = (0., float('inf'))
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9
@@ -131,6 +142,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.embedding_type = 'fourier'
     model.dtype = 'float32'
     model.remat = False
+    model.num_classes = 0
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.

@@ -19,9 +19,20 @@ import math
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from score_sde_jax import datasets, likelihood, losses, ode_solver, prng, sampling, sde_lib, sharding
+from score_sde_jax import (
+    datasets,
+    guidance,
+    likelihood,
+    losses,
+    ode_solver,
+    prng,
+    sampling,
+    sde_lib,
+    sharding,
+)
 from score_sde_jax.models import utils as mutils
 from score_sde_jax.sharding import jit_batch
 
@@ -44,28 +55,59 @@ def as_variables(params: Mapping) -> dict:
     return dict(params) if "params" in params else {"params": params}
 
 
-def score_fn_builder(config, sde: sde_lib.SDE) -> Callable[[Mapping], ScoreFn]:
-    """``build(params) -> score_fn(x, t)`` for the network of ``config`` (SPEC §2)."""
+def score_fn_builder(config, sde: sde_lib.SDE) -> Callable[..., ScoreFn]:
+    """``build(params, labels=None) -> score_fn(x, t)`` for the network of ``config`` (SPEC §2).
+
+    ``labels`` (B,) of a label-conditional network (``model.num_classes`` > 0): the guided score
+    of those classes with ``config.sampling.cfg_scale`` and ``guidance_interval``
+    (:func:`guidance.get_guided_score_fn`, one network call a step); None: the plain score (for
+    a conditional network, the unconditional one, of the null label)."""
     model = mutils.get_model(config)
     continuous = bool(config.training.continuous)
 
-    def build(params: Mapping) -> ScoreFn:
+    def build(params: Mapping, labels: Array | None = None) -> ScoreFn:
+        if labels is not None:
+            return guidance.get_guided_score_fn(config, sde, as_variables(params), labels)
         return mutils.get_score_fn(sde, model, as_variables(params), train=False,
                                    continuous=continuous)
 
     return build
 
 
-def get_sample_fn(config, sde: sde_lib.SDE, build: Callable[[Mapping], ScoreFn], batch_size: int,
-                  eps: float, mesh: Mesh) -> Callable[[Mapping, Array, Array], tuple[Array, Array]]:
+def sample_labels(config, indices: Array, class_label: int | None = None) -> Array | None:
+    """The class of each sample of a label-conditional network: ``class_label`` for all, or
+    balanced classes ``indices mod K`` (so sample i's class follows from its number, as its
+    key does); None for an unconditional network (``class_label`` then is an error)."""
+    k = mutils.num_classes(config)
+    if not k:
+        if class_label is not None:
+            raise ValueError(f"--class_label={class_label}: the network of this config has no "
+                             "classes (config.model.num_classes = 0); give a noise-conditional "
+                             "classifier with --classifier_workdir, or train a label-conditional "
+                             "model (config.model.num_classes > 0)")
+        return None
+    if class_label is not None:
+        if not 0 <= int(class_label) < k:
+            raise ValueError(f"--class_label={class_label} is not a class of the network "
+                             f"(0 .. {k - 1}, config.model.num_classes={k})")
+        return jnp.full(indices.shape, int(class_label), jnp.int32)
+    return (indices % k).astype(jnp.int32)
+
+
+def get_sample_fn(config, sde: sde_lib.SDE, build: Callable[..., ScoreFn], batch_size: int,
+                  eps: float, mesh: Mesh, class_label: int | None = None
+                  ) -> Callable[[Mapping, Array, Array], tuple[Array, Array]]:
     """Jitted ``sample(params, rng, indices (B,)) -> (x (B, *data_shape) in model space, nfe)``
     with the sampler of ``config.sampling`` (:func:`sampling.get_sampling_fn`), sample b drawn
-    from the key ``fold_in(rng, indices[b])``; x is sharded over ``mesh``, nfe replicated."""
+    from the key ``fold_in(rng, indices[b])``; x is sharded over ``mesh``, nfe replicated. A
+    label-conditional network samples the classes of :func:`sample_labels`, guided."""
     shape = (int(batch_size), *mutils.data_shape(config))
     sampler = sampling.get_sampling_fn(config, sde, shape, eps)
+    sample_labels(config, jnp.zeros((1,), jnp.int32), class_label)  # bad labels fail here
 
     def draw(params, rng, indices):
-        return sampler(prng.example_keys(rng, indices), build(params))
+        labels = sample_labels(config, indices, class_label)
+        return sampler(prng.example_keys(rng, indices), build(params, labels))
 
     return jit_batch(draw, mesh, 2, 1, out=(sharding.data_sharding(mesh), sharding.replicated(mesh)))
 

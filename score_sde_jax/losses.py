@@ -10,6 +10,13 @@ network ``model_fn(x, labels)`` with integer step labels, as those models are tr
 ``get_step_fn``: continuous DSM, SMLD or DDPM for ``config.training.task = 'score'``, the
 noise-conditional classifier's cross-entropy for ``'classifier'``.
 
+Label-conditional networks (``num_classes`` K > 0, classifier-free guidance): the losses then
+take ``labels`` (B,) in {0..K−1}, replace each by the null label K with probability
+``label_dropout`` (a Bernoulli draw from the example's own key folded with
+:data:`LABEL_DROPOUT_SALT`, so 1 and 8 devices drop the same labels, while the t and noise draws
+stay those of the unconditional loss), and call ``fn(x, t, labels)``. One network then learns
+both s(x, t, c) and the unconditional s(x, t, ∅).
+
 Per-sample reduction over the D data dimensions, as the official ``reduce_op``:
 ``reduce_mean=True`` averages, ``reduce_mean=False`` takes **½ × the sum**. The ½ makes the
 sum-reduced DSM the score-matching objective ½ λ(t) ‖s(x_t, t) − ∇ log p(x_t | x₀)‖² (the
@@ -30,10 +37,40 @@ from score_sde_jax import classifier_lib, prng, sde_lib
 from score_sde_jax.models import utils as mutils
 
 Array = jax.Array
-LossFn = Callable[[Array, Callable[[Array, Array], Array], Array], Array]
+LossFn = Callable[..., Array]
 Batch = Mapping[str, Array]
 StepLoss = Callable[[dict, Array, Batch], tuple[Array, dict]]
 TASKS = ("score", "classifier")
+LABEL_DROPOUT_SALT = 0x1ABE1
+
+
+def drop_labels(rng: Array, labels: Array, label_dropout: float, num_classes: int) -> Array:
+    """labels (B,) with each replaced by the null label K = ``num_classes`` with probability
+    ``label_dropout``; the draw is U[0, 1) < p from ``fold_in(rng, LABEL_DROPOUT_SALT)`` (one
+    key, or one key per example: :mod:`prng`)."""
+    labels = jnp.asarray(labels, jnp.int32)
+    if not label_dropout:
+        return labels
+    u = prng.uniform(prng.fold_in(rng, LABEL_DROPOUT_SALT), labels.shape)
+    return jnp.where(u < label_dropout, num_classes, labels)
+
+
+def _conditioner(num_classes: int, label_dropout: float):
+    """``(rng, fn, labels) -> fn'`` with fn' the network with the (dropped) labels applied,
+    or fn itself for an unconditional network (labels must then be None)."""
+    if not 0.0 <= label_dropout <= 1.0:
+        raise ValueError(f"label_dropout={label_dropout} must lie in [0, 1]")
+
+    def condition(rng: Array, fn: Callable, labels: Array | None) -> Callable:
+        if not num_classes:
+            return fn
+        if labels is None:
+            raise ValueError(f"a label-conditional network (num_classes={num_classes}) is trained "
+                             "on batches with labels")
+        y = drop_labels(rng, labels, label_dropout, num_classes)
+        return lambda x, s: fn(x, s, y)
+
+    return condition
 
 
 def _reduce(losses: Array, reduce_mean: bool) -> Array:
@@ -43,7 +80,8 @@ def _reduce(losses: Array, reduce_mean: bool) -> Array:
 
 
 def get_sde_loss_fn(
-    sde: sde_lib.SDE, reduce_mean: bool = True, likelihood_weighting: bool = True, eps: float = 1e-5
+    sde: sde_lib.SDE, reduce_mean: bool = True, likelihood_weighting: bool = True, eps: float = 1e-5,
+    num_classes: int = 0, label_dropout: float = 0.0,
 ) -> LossFn:
     """Continuous-time DSM: t ~ U(ε, T), x_t = mean + std z.
 
@@ -53,9 +91,13 @@ def get_sde_loss_fn(
 
     ``likelihood_weighting`` defaults to True as in the official ``get_sde_loss_fn``; training
     reads ``config.training.likelihood_weighting`` instead (False in every paper config: λ = std²).
+    ``num_classes`` > 0: ``loss_fn(rng, score_fn, batch, labels)`` with ``score_fn(x, t, y)``
+    (module docstring).
     """
+    condition = _conditioner(num_classes, label_dropout)
 
-    def loss_fn(rng: Array, score_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
+    def loss_fn(rng: Array, score_fn: Callable, batch: Array, labels: Array | None = None) -> Array:
+        score_fn = condition(rng, score_fn, labels)
         rng_t, rng_z = prng.split(rng)
         t = prng.uniform(rng_t, (batch.shape[0],), minval=eps, maxval=sde.T)
         z = prng.normal(rng_z, batch.shape)
@@ -71,14 +113,18 @@ def get_sde_loss_fn(
     return loss_fn
 
 
-def get_smld_loss_fn(vesde: sde_lib.VESDE, reduce_mean: bool = False) -> LossFn:
+def get_smld_loss_fn(vesde: sde_lib.VESDE, reduce_mean: bool = False, num_classes: int = 0,
+                     label_dropout: float = 0.0) -> LossFn:
     """Discrete SMLD (NCSN): i ~ U{0..N−1} into the descending σ table, x̃ = x + σ_i z,
-    ℓ = ‖s(x̃, i) − (−z/σ_i)‖² σ_i²; ``model_fn(x̃, i)`` returns the score."""
+    ℓ = ‖s(x̃, i) − (−z/σ_i)‖² σ_i²; ``model_fn(x̃, i)`` returns the score (``model_fn(x̃, i, y)``
+    and a ``labels`` argument with ``num_classes`` > 0, as :func:`get_sde_loss_fn`)."""
     if not isinstance(vesde, sde_lib.VESDE):
         raise ValueError(f"the SMLD loss needs a VESDE, got {type(vesde).__name__}")
     sigmas = jnp.flip(vesde.discrete_sigmas)
+    condition = _conditioner(num_classes, label_dropout)
 
-    def loss_fn(rng: Array, model_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
+    def loss_fn(rng: Array, model_fn: Callable, batch: Array, labels: Array | None = None) -> Array:
+        model_fn = condition(rng, model_fn, labels)
         rng_i, rng_z = prng.split(rng)
         labels = prng.randint(rng_i, (batch.shape[0],), 0, vesde.N)
         sigma = sigmas[labels]
@@ -90,12 +136,16 @@ def get_smld_loss_fn(vesde: sde_lib.VESDE, reduce_mean: bool = False) -> LossFn:
     return loss_fn
 
 
-def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, reduce_mean: bool = True) -> LossFn:
-    """Discrete DDPM: i ~ U{0..N−1}, x̃ = √ᾱ_i x + √(1−ᾱ_i) z, ℓ = ‖ε̂(x̃, i) − z‖²."""
+def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, reduce_mean: bool = True, num_classes: int = 0,
+                     label_dropout: float = 0.0) -> LossFn:
+    """Discrete DDPM: i ~ U{0..N−1}, x̃ = √ᾱ_i x + √(1−ᾱ_i) z, ℓ = ‖ε̂(x̃, i) − z‖² (labels as
+    :func:`get_smld_loss_fn`)."""
     if type(vpsde) is not sde_lib.VPSDE:
         raise ValueError(f"the DDPM loss needs a VPSDE, got {type(vpsde).__name__}")
+    condition = _conditioner(num_classes, label_dropout)
 
-    def loss_fn(rng: Array, model_fn: Callable[[Array, Array], Array], batch: Array) -> Array:
+    def loss_fn(rng: Array, model_fn: Callable, batch: Array, labels: Array | None = None) -> Array:
+        model_fn = condition(rng, model_fn, labels)
         rng_i, rng_z = prng.split(rng)
         labels = prng.randint(rng_i, (batch.shape[0],), 0, vpsde.N)
         z = prng.normal(rng_z, batch.shape)
@@ -122,19 +172,23 @@ def get_step_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool = True
 
 
 def _score_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> StepLoss:
-    """Denoising score matching: continuous DSM (SPEC §3), or discrete SMLD (VE) / DDPM (VP)."""
+    """Denoising score matching: continuous DSM (SPEC §3), or discrete SMLD (VE) / DDPM (VP).
+    A label-conditional network (``model.num_classes`` > 0) reads ``batch['label']``, replaced
+    by the null label with probability ``training.label_dropout`` when training."""
     t = config.training
     continuous, reduce_mean = bool(t.continuous), bool(t.reduce_mean)
     weighting = bool(t.likelihood_weighting)
+    k = mutils.num_classes(config)
+    cond = {"num_classes": k, "label_dropout": float(t.label_dropout) if train else 0.0}
     if continuous:
-        loss_fn = get_sde_loss_fn(sde, reduce_mean, weighting)
+        loss_fn = get_sde_loss_fn(sde, reduce_mean, weighting, **cond)
     elif weighting:
         raise ValueError("config.training.likelihood_weighting=True needs "
                          "config.training.continuous=True")
     elif isinstance(sde, sde_lib.VESDE):
-        loss_fn = get_smld_loss_fn(sde, reduce_mean)
+        loss_fn = get_smld_loss_fn(sde, reduce_mean, **cond)
     elif type(sde) is sde_lib.VPSDE:
-        loss_fn = get_ddpm_loss_fn(sde, reduce_mean)
+        loss_fn = get_ddpm_loss_fn(sde, reduce_mean, **cond)
     else:
         raise ValueError(f"config.training.continuous=False (discrete SMLD / DDPM training) is "
                          f"for vesde / vpsde, not config.training.sde={t.sde!r}")
@@ -152,6 +206,7 @@ def _score_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> Step
             fn = mutils.get_score_fn(sde, model, variables, train, True, dropout)
         else:
             fn = mutils.get_model_fn(model, variables, train, dropout)
-        return loss_fn(rng_loss, fn, batch["image"]), {}
+        labels = batch["label"] if k else None
+        return loss_fn(rng_loss, fn, batch["image"], labels), {}
 
     return loss

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
     sys.path.insert(0, str(ROOT))
 
-from score_sde_jax import likelihood, ode_solver, sampling, sde_lib  # noqa: E402
+from score_sde_jax import guidance, likelihood, ode_solver, sampling, sde_lib  # noqa: E402
 from score_sde_jax.models import utils  # noqa: E402
 
 HELPER_FILES = {'common.py', '__init__.py'}
@@ -46,9 +46,10 @@ def load(name: str) -> ml_collections.ConfigDict:
 REQUIRED = {
     'training': ['batch_size', 'n_iters', 'snapshot_freq', 'log_freq', 'eval_freq',
                  'snapshot_freq_for_preemption', 'snapshot_sampling', 'likelihood_weighting',
-                 'continuous', 'reduce_mean', 'sde', 'n_jitted_steps', 'task'],
+                 'continuous', 'reduce_mean', 'sde', 'n_jitted_steps', 'task', 'label_dropout'],
     'sampling': ['method', 'predictor', 'corrector', 'n_steps_each', 'noise_removal',
-                 'probability_flow', 'snr', 'rtol', 'atol', 'solver'],
+                 'probability_flow', 'snr', 'rtol', 'atol', 'solver', 'cfg_scale',
+                 'guidance_interval'],
     'eval': ['begin_ckpt', 'end_ckpt', 'batch_size', 'enable_sampling', 'num_samples',
              'enable_loss', 'enable_bpd', 'bpd_dataset', 'bpd_num_repeats', 'inception_path',
              'ref_stats_path', 'hutchinson_type', 'likelihood_rtol', 'likelihood_atol',
@@ -56,7 +57,7 @@ REQUIRED = {
     'data': ['dataset', 'source', 'centered', 'uniform_dequantization', 'random_flip', 'prefetch',
              'skip_bad_files'],
     'model': ['name', 'sigma_min', 'sigma_max', 'num_scales', 'beta_min', 'beta_max', 'dropout',
-              'ema_rate', 'scale_by_sigma', 'embedding_type'],
+              'ema_rate', 'scale_by_sigma', 'embedding_type', 'num_classes'],
     'optim': ['weight_decay', 'optimizer', 'lr', 'beta1', 'eps', 'warmup', 'grad_clip'],
 }
 SOURCES = {'tfds', 'npz', 'folder', 'digits', 'toy'}
@@ -114,6 +115,14 @@ def test_config_has_the_keys_the_project_reads(name):
     assert config.sampling.solver in ode_solver.SOLVERS
     assert config.eval.hutchinson_type in likelihood.HUTCHINSON_TYPES
     assert utils.get_model(config).config is config
+    # classifier-free guidance keys (score_sde_jax/guidance.py): valid, unconditional by default
+    assert utils.num_classes(config) >= 0 and 0 <= config.training.label_dropout <= 1
+    assert config.sampling.cfg_scale >= 0
+    assert guidance.check_interval(config.sampling.guidance_interval)
+    if name in ('toy_gmm_cfg', 'digits_cfg'):  # label-conditional, label dropout of Ho & Salimans
+        assert config.model.num_classes > 0 and config.training.label_dropout == 0.1
+    else:
+        assert config.model.num_classes == 0 and config.sampling.cfg_scale == 0
 
 
 # Values of the official score_sde files (yang-song/score_sde, configs/), key by key.
@@ -370,7 +379,8 @@ def _labels_for(config, batch: int) -> jax.Array:
     return t * 999 if config.training.continuous else jnp.round(t * (sde.N - 1)).astype(jnp.int32)
 
 
-SMALL = sorted([n for n in EXPERIMENTS if n.startswith('tiny/')] + ['digits', 'toy_gmm'])
+SMALL = sorted([n for n in EXPERIMENTS if n.startswith('tiny/')]
+               + ['digits', 'digits_cfg', 'toy_gmm', 'toy_gmm_cfg'])
 
 
 @pytest.mark.parametrize('name', SMALL)

@@ -152,3 +152,65 @@ def test_discrete_losses_reject_wrong_sde():
         losses.get_smld_loss_fn(sde_lib.VPSDE())
     with pytest.raises(ValueError, match="needs a VPSDE"):
         losses.get_ddpm_loss_fn(sde_lib.subVPSDE())
+
+
+# ---------------------------------------------------------------------------- label-conditional
+LABELLED, LABELS = GMM.sample_components(jax.random.PRNGKey(0), 4096)
+
+
+def test_label_dropout_is_per_example_and_has_its_rate():
+    keys = jax.random.split(jax.random.PRNGKey(5), 20000)
+    labels = jnp.arange(20000) % 3
+    dropped = losses.drop_labels(keys, labels, 0.1, 3)
+    assert set(np.unique(dropped)) == {0, 1, 2, 3}
+    assert abs(float(jnp.mean(dropped == 3)) - 0.1) < 0.01
+    assert bool(jnp.all((dropped == labels) | (dropped == 3)))
+    alone = jax.vmap(lambda k, y: losses.drop_labels(k, y[None], 0.1, 3)[0])(keys[:64], labels[:64])
+    np.testing.assert_array_equal(alone, dropped[:64])  # example i's draw: its own key alone
+    np.testing.assert_array_equal(losses.drop_labels(keys, labels, 0.0, 3), labels)
+    assert bool(jnp.all(losses.drop_labels(keys, labels, 1.0, 3) == 3))
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VESDE(), sde_lib.VPSDE()], ids=["ve", "vp"])
+def test_exact_conditional_score_minimizes_the_label_dropout_dsm(sde):
+    """With labels dropped at rate 0.3, the minimizer over functions of (x, t, y) is
+    ∇log p_t(x | c) for a kept label c and ∇log p_t(x) for the null label: the exact
+    conditional score beats the mixture score (labels ignored) and a wrong null branch."""
+    cond = GMM.conditional_score_fn(sde)
+    keys = jax.random.split(jax.random.PRNGKey(1), 16)
+
+    def run(fn, dropout=0.3):
+        loss_fn = losses.get_sde_loss_fn(sde, num_classes=3, label_dropout=dropout)
+        return jax.vmap(lambda k: loss_fn(k, fn, LABELLED, LABELS))(keys)
+
+    base = run(cond)
+    for other in (lambda x, t, y: cond(x, t, jnp.full_like(y, 3)),  # the mixture score
+                  lambda x, t, y: cond(x, t, y) * jnp.where(y == 3, 0.8, 1.0)[:, None]):
+        diff = run(other) - base
+        assert float(jnp.mean(diff)) > 4 * float(jnp.std(diff)) / np.sqrt(len(keys)), diff
+
+    def oracle(x, t, y):  # the labels before dropout: knows more than the network can
+        return cond(x, t, LABELS)
+
+    assert bool(jnp.all(run(oracle) < base))  # so labels were dropped ...
+    np.testing.assert_array_equal(run(oracle, 0.0), run(cond, 0.0))  # ... and only by dropout
+    with pytest.raises(ValueError, match="batches with labels"):
+        losses.get_sde_loss_fn(sde, num_classes=3)(keys[0], cond, LABELLED)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 1.0])
+def test_discrete_losses_pass_the_dropped_labels(dropout):
+    """fn ≡ y: the DDPM loss is E(y − z)² = y² + 1 and the SMLD one σ²E(y + z/σ)², so the
+    value tells the label the network saw (0 kept, or 3 = null for all)."""
+    y = 3.0 if dropout else 0.0
+    labels = jnp.zeros(4096, jnp.int32)
+    ddpm = losses.get_ddpm_loss_fn(sde_lib.VPSDE(), num_classes=3, label_dropout=dropout)
+    value = ddpm(jax.random.PRNGKey(0), lambda x, i, c: jnp.ones_like(x) * c[:, None], LABELLED,
+                 labels)
+    assert abs(float(value) - (y**2 + 1)) < 0.1
+    smld = losses.get_smld_loss_fn(sde_lib.VESDE(sigma_max=1.0), num_classes=3,
+                                   label_dropout=dropout)
+    zero = smld(jax.random.PRNGKey(0), lambda x, i, c: jnp.zeros_like(x), LABELLED, labels)
+    shifted = smld(jax.random.PRNGKey(0), lambda x, i, c: jnp.ones_like(x) * c[:, None], LABELLED,
+                   labels)
+    assert (float(shifted) > float(zero) + 0.1) == bool(dropout)

@@ -83,14 +83,11 @@ def index_batches(indices: Sequence[int], batch: int) -> list[np.ndarray]:
 
 def keyed(fn: Callable, n_weights: int) -> Callable:
     """``fn(*weights, keys (B,), *rows)`` as ``(*weights, rng, indices (B,), *rows)``: row b gets
-    the key ``fold_in(rng, indices[b])`` (:func:`prng.example_keys`). Scalar outputs (a batch's
-    NFE) are repeated per row, so that every output is sharded like the batch."""
+    the key ``fold_in(rng, indices[b])`` (:func:`prng.example_keys`)."""
 
     def run(*args):
         weights, (rng, indices), rows = args[:n_weights], args[n_weights:n_weights + 2], args[n_weights + 2:]
-        out = fn(*weights, prng.example_keys(rng, indices), *rows)
-        return jax.tree_util.tree_map(
-            lambda v: jnp.broadcast_to(v, indices.shape) if jnp.ndim(v) == 0 else v, out)
+        return fn(*weights, prng.example_keys(rng, indices), *rows)
 
     return run
 
@@ -101,10 +98,17 @@ def run_batches(fn: Callable, model: Model, batches: list[np.ndarray], rng: jax.
     """The ONE mesh loop: ``fn(*weights, rng, indices (B,), *rows)`` jitted over ``model.mesh``
     (weights and rng replicated, indices and the rows ``a[indices]`` of each of ``arrays``
     sharded), run on every batch of ``batches``; returns each batch's outputs gathered to
-    NumPy on every process. ``weights`` are already replicated (``model.params``, ...)."""
+    NumPy on every process. ``weights`` are already replicated (``model.params``, ...). Scalar
+    outputs (a batch's NFE) are repeated per row, so that every output is sharded like the batch."""
     mesh, n_weights = model.mesh, len(weights) + 1
+
+    def per_row(*args):
+        rows = args[n_weights].shape  # the indices
+        return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, rows) if jnp.ndim(v) == 0 else v,
+                                      fn(*args))
+
     jitted = logging_utils.announce_compile(
-        sharding.jit_batch(fn, mesh, n_weights, 1 + len(arrays)),
+        sharding.jit_batch(per_row, mesh, n_weights, 1 + len(arrays)),
         f"{what} (batches of {len(batches[0]) if batches else 0})")
     out = []
     progress = logging_utils.Progress(0, len(batches), desc=what.split(" ")[0], unit=unit)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from jax.sharding import Mesh
 
-from score_sde_jax import eval_lib, logging_utils, sampling
+from score_sde_jax import eval_lib, logging_utils, prng, sampling
 from score_sde_jax.inference import common
 from score_sde_jax.models import utils as mutils
 
@@ -38,7 +38,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def sample(config, workdir: str | Path, num_samples: int | None, out_dir: str | Path,
            step: int | None = None, seeds: list[int] | None = None,
-           mesh: Mesh | None = None) -> dict[str, Path]:
+           mesh: Mesh | None = None, class_label: int | None = None) -> dict[str, Path]:
     """Samples ``seeds`` (default 0 .. num_samples − 1) of the EMA parameters of the checkpoint
     at ``step`` (latest when None) with the sampler of ``config.sampling``, over ``mesh``
     (default: every device of every process).
@@ -48,6 +48,11 @@ def sample(config, workdir: str | Path, num_samples: int | None, out_dir: str | 
     sampling error, unclipped); flat data: ``samples`` float32 (N, D); ``seeds`` (N,) and ``nfe``
     (batches,) -- and a ``.png``: an image grid, or a scatter plot of 2-D points (process 0).
     Returns ``{'npz': path, 'png': path}``.
+
+    A label-conditional network (``config.model.num_classes`` = K > 0) samples with
+    classifier-free guidance (``config.sampling.cfg_scale``, ``guidance_interval``): class
+    ``class_label`` for all (files ``..._class_{K}``), else sample i of class i mod K (as in
+    ``--mode eval``). ``class_label`` for an unconditional network is an error.
     """
     if seeds is None:
         if num_samples is None or int(num_samples) < 1:
@@ -56,6 +61,7 @@ def sample(config, workdir: str | Path, num_samples: int | None, out_dir: str | 
     else:
         tag = "_seeds_" + "_".join(str(s) for s in seeds[:4]) + ("_etc" if len(seeds) > 4 else "")
     method = sampling.settings(config).method  # a bad method fails before the checkpoint is read
+    eval_lib.sample_labels(config, np.zeros(1, np.int32), class_label)  # so does a bad label
     model = common.load_model(config, workdir, step, mesh)
     coupled = sampling.batch_coupled(config)
     batch = common.batch_size(config, model.mesh, None if coupled else len(seeds))
@@ -65,12 +71,13 @@ def sample(config, workdir: str | Path, num_samples: int | None, out_dir: str | 
         batches = common.index_batches(seeds, batch)
     sampler = sampling.get_sampling_fn(config, model.sde, (batch, *mutils.data_shape(config)), model.eps)
 
-    def draw(params, keys):
-        return sampler(keys, model.build(params))
+    def draw(params, rng, indices):
+        labels = eval_lib.sample_labels(config, indices, class_label)
+        return sampler(prng.example_keys(rng, indices), model.build(params, labels))
 
     logging.info("drawing %d samples in %d batch(es) of %d with sampling.method=%s (checkpoint "
                  "step %d) ...", len(seeds), len(batches), batch, method, model.step)
-    outs = common.run_batches(common.keyed(draw, 1), model, batches,
+    outs = common.run_batches(draw, model, batches,
                               eval_lib.sample_key(config, model.step), weights=(model.params,),
                               what=f"sampler ({method})")
     got = {}
@@ -79,6 +86,8 @@ def sample(config, workdir: str | Path, num_samples: int | None, out_dir: str | 
     nfe = [int(np.max(n)) for _, n in outs]
     logging.info("%d samples with sampling.method=%s on %d device(s): %s NFE per batch",
                  len(seeds), method, model.mesh.devices.size, nfe)
+    if class_label is not None:
+        tag = f"_class_{int(class_label)}{tag}"
     stem = Path(out_dir) / f"samples_{method}_step_{model.step}{tag}"
     return common.write(config, np.stack([got[s] for s in seeds]), stem,
                         logging_utils.sample_title(config, model.step), seeds=np.asarray(seeds),

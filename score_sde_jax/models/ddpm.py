@@ -7,7 +7,9 @@ Output has x's shape: ε̂ (or, with ``config.model.scale_by_sigma``, the output
 ``config.model`` keys: nf, ch_mult, num_res_blocks, attn_resolutions, dropout,
 resamp_with_conv, conditional, normalization ('GroupNorm'), nonlinearity, scale_by_sigma (and
 sigma_min / sigma_max / num_scales for it), dtype (compute dtype, ``layers.get_dtype``), remat
-(recompute each residual and attention block in the backward pass); ``config.data.centered``.
+(recompute each residual and attention block in the backward pass), num_classes (K > 0: the
+class embedding of ``class_labels`` in {0..K}, K = null, added to temb; default 0 = none);
+``config.data.centered``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class DDPM(nn.Module):
     config: ml_collections.ConfigDict
 
     @nn.compact
-    def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
+    def __call__(self, x: Array, labels: Array, train: bool = True,
+                 class_labels: Array | None = None) -> Array:
         config, m = self.config, self.config.model
         act = layers.get_act(config)
         normalize = get_normalization(config)
@@ -62,6 +65,7 @@ class DDPM(nn.Module):
             temb = layers.get_timestep_embedding(labels, nf, dtype=full)
             temb = layers.dense(temb, nf * 4, dtype)
             temb = layers.dense(act(temb), nf * 4, dtype)
+        temb = utils.class_embedding(config, temb, class_labels, x.shape[0], nf * 4)
 
         h = (x if config.data.centered else 2 * x - 1.0).astype(dtype)
 

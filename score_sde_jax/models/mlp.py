@@ -9,7 +9,8 @@ e.g. 999·t for VP), ``fourier_scale``, ``dropout``, ``scale_by_sigma`` (divide 
 as NCSN++ on VE), optional ``conditional`` (default True) and ``init_scale`` (default 0: the
 last layer of every residual branch starts near zero), ``dtype`` (compute dtype of the dense
 layers, ``layers.get_dtype``; embeddings, layer-norm statistics and the output in its
-``layers.full_precision``).
+``layers.full_precision``), ``num_classes`` K (default 0): K > 0 adds the class embedding e_y,
+y in {0..K} with K the null label, to temb (``models.utils.class_embedding``).
 
 Block: h ← h + W₂ · drop(act(W₁ · act(LN(h)) + V · act(temb))), then out = W_o · act(LN(h)).
 The layer norms keep the network well-scaled for VE inputs whose size grows with σ.
@@ -56,8 +57,10 @@ class MLP(nn.Module):
                          "or 'positional'")
 
     @nn.compact
-    def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
-        """x: (B, *shape); labels: (B,). Returns the score (or ε̂ for VP) with x's shape."""
+    def __call__(self, x: Array, labels: Array, train: bool = True,
+                 class_labels: Array | None = None) -> Array:
+        """x: (B, *shape); labels: (B,) noise levels; class_labels: (B,) in {0..K} or None
+        (null label K) for a label-conditional network. Returns the score (or ε̂ for VP)."""
         m = self.config.model
         if labels.shape != x.shape[:1]:
             raise ValueError(f'labels must have shape {x.shape[:1]}, got {labels.shape}')
@@ -74,6 +77,7 @@ class MLP(nn.Module):
         if m.get('conditional', True):
             temb = dense(4 * nf)(self._time_embedding(labels))
             temb = dense(4 * nf)(act(temb))
+        temb = utils.class_embedding(self.config, temb, class_labels, x.shape[0], 4 * nf)
 
         h = dense(nf)(x.reshape((x.shape[0], -1)).astype(dtype))
         for _ in range(m.num_layers):

@@ -9,8 +9,10 @@ conditional, fir, fir_kernel, skip_rescale, resblock_type ('ddpm' | 'biggan'), p
 ('none' | 'output_skip' | 'residual'), progressive_input ('none' | 'input_skip' | 'residual'),
 progressive_combine ('sum' | 'cat'), embedding_type ('fourier' | 'positional'), fourier_scale,
 init_scale, scale_by_sigma, nonlinearity, dtype (compute dtype, ``layers.get_dtype``), remat
-(recompute each residual and attention block in the backward pass); plus ``config.data.centered`` and, for
-``scale_by_sigma`` with positional embeddings, sigma_min / sigma_max / num_scales.
+(recompute each residual and attention block in the backward pass), num_classes (K > 0: the
+class embedding of ``class_labels`` in {0..K}, K = null, added to temb; default 0 = none); plus
+``config.data.centered`` and, for ``scale_by_sigma`` with positional embeddings, sigma_min /
+sigma_max / num_scales.
 
 Submodules are created in the order of the official code, so Flax names them identically
 (``Dense_0``, ``Conv_0``, ``ResnetBlockBigGANpp_3``, ``Downsample_0`` ...).
@@ -75,7 +77,8 @@ class NCSNpp(nn.Module):
         return temb, used_sigmas
 
     @nn.compact
-    def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
+    def __call__(self, x: Array, labels: Array, train: bool = True,
+                 class_labels: Array | None = None) -> Array:
         config, m = self.config, self.config.model
         act = layers.get_act(config)
         nf, ch_mult = m.nf, tuple(m.ch_mult)
@@ -91,6 +94,7 @@ class NCSNpp(nn.Module):
 
         dtype = layers.get_dtype(config)
         temb, used_sigmas = self._embed(labels, act, dtype)
+        temb = utils.class_embedding(config, temb, class_labels, x.shape[0], nf * 4)
 
         attn_block = functools.partial(layers.maybe_remat(layerspp.AttnBlockpp, config),
                                        init_scale=init_scale, skip_rescale=skip_rescale)

@@ -13,6 +13,9 @@ ValueError naming it): no default is written twice. ``config.sampling.method`` p
   ``skip_type``, ``lower_order_final``, ``noise_removal``, ``rho``, ``temperature``), or with
   ``adaptive`` the adaptive solver (``order``, ``adaptive_rtol``, ``adaptive_atol``; ``rtol`` /
   ``atol`` are the ODE sampler's).
+
+``cfg_scale`` and ``guidance_interval`` are the classifier-free guidance of a label-conditional
+network (:mod:`score_sde_jax.guidance`); every sampler takes the guided score as it is.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class Settings:
     s_noise: float
     sigma_min: float
     temperature: float
+    cfg_scale: float
+    guidance_interval: tuple | None
 
     def pc_kwargs(self) -> dict:
         """Keyword arguments of :func:`get_pc_sampler`, which the PC inpainter, colorizer and
