@@ -252,7 +252,7 @@ def get_dataset(config, split: str = "train", evaluation: bool = False,
         flip = dequantize = False
     else:
         source = get_source(config, split)
-        flip = bool(data.get("random_flip", False)) and not evaluation
+        flip = bool(data.random_flip) and not evaluation
         dequantize = (bool(data.get("uniform_dequantization", False))
                       if uniform_dequantization is None else uniform_dequantization)
 

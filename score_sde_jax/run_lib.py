@@ -96,7 +96,7 @@ def _validate(config) -> int:
     for key in ("n_iters", "batch_size", *_FREQ_KEYS):
         if int(t[key]) <= 0:
             raise ValueError(f"config.training.{key}={t[key]} must be positive")
-    k = int(t.get("n_jitted_steps", 1))
+    k = int(t.n_jitted_steps)
     if k <= 0:
         raise ValueError(f"config.training.n_jitted_steps={k} must be positive")
     for key in _FREQ_KEYS:
@@ -211,7 +211,7 @@ def _train(config, workdir: Path, mesh, k: int, stop: preemption.StopSignals):
     snapshots, preemption_ckpt = (checkpoints.Checkpointer(snap_dir),
                                   checkpoints.Checkpointer(meta_dir, 1))
     progress = logging_utils.Progress(start, n_iters)  # compile time is left out of its rates
-    sample = t.get("snapshot_sampling", False) and t.get("task", "score") == "score"
+    sample = t.snapshot_sampling and t.task == "score"
     sampler = (logging_utils.announce_compile(_make_sampler(config, mesh), "snapshot sampler",
                                               progress) if sample else None)
     feed = writer = None

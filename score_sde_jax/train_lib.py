@@ -184,7 +184,7 @@ def batched_loss(config) -> bool:
     """True when the training loss can run on the whole batch with per-example keys (the score
     task with ``model.dropout`` = 0): a dropout mask comes from one key for the whole batch,
     so with dropout each example runs alone (:func:`summed_per_example`)."""
-    return config.training.get("task", "score") == "score" and not float(config.model.get("dropout", 0.0))
+    return config.training.task == "score" and not float(config.model.dropout)
 
 
 def grad_accum_steps(config) -> int:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "score_sde_jax"
 LAYERS = {
     0: ("prng", "sharding", "files", "cli"),
     1: ("sde_lib", "analytic", "likelihood", "controllable_generation", "classifier_lib",
-        "ode_solver", "losses", "sampling", "models"),
+        "ode_solver", "losses", "sampling", "models", "guidance"),
     2: ("datasets", "data", "train_lib", "eval_lib", "checkpoints", "logging_utils", "preemption",
         "memory_estimate"),
     3: ("run_lib", "evaluation", "inference"),

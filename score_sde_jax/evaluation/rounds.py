@@ -106,7 +106,7 @@ def eval_bpd(ctx: Context, params, key, k: int, step: int) -> dict:
     if path.is_file():
         data = io.read_npz(path)
         return {"bpd": float(data["mean_bpd"]), "bpd_std": float(data["std_bpd"])}
-    repeats = int(config.eval.get("bpd_num_repeats", config.eval.get("num_repeats", 1)))
+    repeats = int(config.eval.bpd_num_repeats)
     folder = ctx.eval_dir / f"ckpt_{k}"
     progress = logging_utils.Progress(0, repeats * num_batches(config, split), desc="bits/dim",
                                       unit="batch")
