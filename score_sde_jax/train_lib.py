@@ -114,11 +114,7 @@ def _score_task(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> Step
                          f"for vesde / vpsde, not config.training.sde={t.sde!r}")
 
     def loss(params: dict, rng: Array, batch: Batch) -> tuple[Array, dict]:
-        rng_loss, rng_dropout = prng.split(rng)
-        if prng.per_example(rng):  # one key per example: only without dropout (batched_loss)
-            if train and not batched_loss(config):
-                raise ValueError("per-example keys for a batch need model.dropout = 0")
-            rng_dropout = rng_dropout[0]  # unused: no dropout
+        rng_loss, rng_dropout = prng.split(rng)  # per-example keys: per-example masks too
         variables = {"params": params}
         dropout = rng_dropout if train else None
         if continuous:
@@ -243,7 +239,7 @@ def summed_per_example(loss_fn: StepLoss, batched: bool = False
 
     ``batched``: one call of ``loss_fn`` on the whole batch with the per-example keys, times b
     (the same values when the loss draws example i's noise from ``keys[i]`` and the network
-    treats examples independently, as the score task without dropout: :func:`batched_loss`);
+    treats examples independently, as the score task: :func:`batched_loss`);
     else ``vmap`` of batch-of-one calls (1.17× slower a step on CPU, BENCHMARKS.md §4)."""
     if batched:
         def whole(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
@@ -263,10 +259,10 @@ def summed_per_example(loss_fn: StepLoss, batched: bool = False
 
 
 def batched_loss(config) -> bool:
-    """True when the training loss can run on the whole batch with per-example keys (the score
-    task with ``model.dropout`` = 0): a dropout mask comes from one key for the whole batch,
-    so with dropout each example runs alone (:func:`summed_per_example`)."""
-    return config.training.get("task", "score") == "score" and not float(config.model.get("dropout", 0.0))
+    """True when the training loss can run on the whole batch with per-example keys: the score
+    task (its noise draws and dropout masks take one key per example, ``prng.batch_key``);
+    other tasks run each example alone (:func:`summed_per_example`)."""
+    return config.training.get("task", "score") == "score"
 
 
 def grad_accum_steps(config) -> int:
