@@ -7,13 +7,15 @@ Shapes (batch 8, 32 groups, eps 1e-6): 32x32x128, 16x16x256, 8x8x256. Forward, a
 backward (gradients of <y, c> w.r.t. x, scale and bias, a fixed cotangent c). The JAX variants
 are timed interleaved (A, B, A, B, ...), median over ``--reps`` calls each; torch runs in its own
 process (one thread, NCHW, the same number of calls) right after, so its column is not
-interleaved. Ratios: flax / project and torch / project (> 1: the project is faster).
+interleaved. Everything runs pinned to one core. Ratios: flax / project and torch / project
+(> 1: the project is faster).
 """
 
 from __future__ import annotations
 
 import os
 
+os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core (and torch's child too)
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 

@@ -12,8 +12,8 @@ It reads one JSON command a line on stdin and answers one JSON line on stdout:
   (``x`` NHWC in [0, 1], ``labels``) from ``inputs`` and prepares the forward pass and the
   official training step (``losses.get_step_fn`` with ``optimization_manager`` and the EMA, as
   ``run_lib.train`` runs it on a scaled NCHW batch).
-- ``{"cmd": "time", "case": NAME, "what": "forward" | "train_step"}``: the wall seconds of one
-  call (torch on CPU is synchronous).
+- ``{"cmd": "time", "case": NAME, "what": "forward" | "train_step"}``: the wall seconds and the
+  process CPU seconds of one call (torch on CPU is synchronous).
 
 The official code loads two CUDA extensions when ``op`` is imported (``op/fused_act.py``,
 ``op/upfirdn2d.py``: ``torch.utils.cpp_extension.load``). On a CPU tensor neither is used (both
@@ -118,7 +118,10 @@ def setup(mods: dict, root: str, command: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description="official side of bench/vs_official.py")
     parser.add_argument("--official", required=True, help="score_sde_pytorch checkout")
+    parser.add_argument("--core", type=int, default=None, help="pin this process to that core")
     args = parser.parse_args()
+    if args.core is not None:
+        os.sched_setaffinity(0, {args.core})
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     mods = load_official(args.official)
@@ -130,9 +133,9 @@ def main() -> None:
             answer = {"num_params": cases[command["case"]]["num_params"], "torch": torch.__version__}
         elif command["cmd"] == "time":
             fn = cases[command["case"]][command["what"]]
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
-            answer = {"seconds": time.perf_counter() - start}
+            answer = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
         else:
             raise ValueError(f"unknown command {command!r}")
         print(json.dumps(answer), flush=True)

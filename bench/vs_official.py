@@ -16,17 +16,25 @@ device) for the small parity-size networks (``tests/data``: image 16, nf 32, ch_
 one residual block, attention at 8) and the full CIFAR-10 DDPM++ / NCSN++. Each row is timed in
 interleaved pairs (official call, project call, official, project, ...) after one warm-up call
 of each (the project's compiles); the ratio is official seconds / project seconds, so > 1 means
-the project is faster: median [min, max] over the pairs. One thread each (torch.set_num_threads(1);
-XLA: ``--xla_cpu_multi_thread_eigen=false``, set below before jax is imported; the project's
-process CPU time / wall time is printed to show it). Compile time: the project's first call of
-the full train step (trace + compile + one step) with an empty persistent compilation cache,
-then again in a fresh trace with the cache filled, each minus one step.
+the project is faster: median [min, max] over the pairs, of the wall times and of the process
+CPU times (on a loaded machine the CPU-time ratio is the steadier one). One core each: torch
+with ``set_num_threads(1)``, XLA with ``--xla_cpu_multi_thread_eigen=false``, and both processes
+pinned to the same core (``os.sched_setaffinity``; XLA:CPU still runs part of the step on a
+thread pool whatever those flags say). Compile time of the full-size train steps: trace +
+``lower().compile()`` with an empty persistent compilation cache (a fresh temporary folder),
+then again in a fresh trace with the cache filled.
 """
 
 from __future__ import annotations
 
 import os
 
+# One core: XLA:CPU still runs part of the work on a thread pool with these
+# flags (measured: 1.8 CPU-seconds per second on 2 cores), so both processes are also pinned to
+# one core, the same one, before jax starts its threads (--no-pin turns that off).
+CORE = max(os.sched_getaffinity(0))
+if "--no-pin" not in os.sys.argv:
+    os.sched_setaffinity(0, {CORE})
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
@@ -61,9 +69,10 @@ CASES = [  # (name, config file (the same path in both repositories), overrides,
 class Official:
     """The worker process running the official code (one JSON line in, one out)."""
 
-    def __init__(self, python: str, checkout: str):
+    def __init__(self, python: str, checkout: str, core: int | None):
         worker = os.path.join(ROOT, "bench", "official_worker.py")
-        self.proc = subprocess.Popen([python, worker, "--official", checkout], stdin=subprocess.PIPE,
+        pin = [] if core is None else ["--core", str(core)]
+        self.proc = subprocess.Popen([python, worker, "--official", checkout, *pin], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def ask(self, **command) -> dict:
@@ -116,39 +125,45 @@ def project_calls(config, weights: dict, x: np.ndarray, labels: np.ndarray) -> d
             "train_step": train_step}
 
 
-def seconds(fn: Callable) -> float:
-    start = time.perf_counter()
+def seconds(fn: Callable) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def pairs(official: Official, case: str, what: str, mine: Callable, n: int) -> dict:
-    """Warm-up call of each, then n interleaved pairs: ratios official / project."""
+    """Warm-up call of each, then n interleaved pairs: ratios official / project of the wall
+    times and of the process CPU times (less sensitive to other jobs on a loaded machine)."""
     official.ask(cmd="time", case=case, what=what)
     mine()
-    ratios, times_o, times_p = [], [], []
-    cpu0, wall = time.process_time(), 0.0
+    ratios, cpu_ratios, times_o, times_p = [], [], [], []
     for _ in range(n):
-        t_o = official.ask(cmd="time", case=case, what=what)["seconds"]
-        t_p = seconds(mine)
-        ratios.append(t_o / t_p)
-        times_o.append(t_o)
-        times_p.append(t_p)
-        wall += t_p
-    return {"ratios": ratios, "official": float(np.median(times_o)),
-            "project": float(np.median(times_p)), "cpu_per_wall": (time.process_time() - cpu0) / wall}
+        answer = official.ask(cmd="time", case=case, what=what)
+        wall, cpu = seconds(mine)
+        ratios.append(answer["seconds"] / wall)
+        cpu_ratios.append(answer["cpu"] / cpu)
+        times_o.append(answer["seconds"])
+        times_p.append(wall)
+    return {"ratios": ratios, "cpu_ratios": cpu_ratios, "official": float(np.median(times_o)),
+            "project": float(np.median(times_p))}
 
 
-def compile_times(config, weights: dict, x: np.ndarray, labels: np.ndarray, step_s: float) -> tuple:
-    """(first call − one step, from the filled cache − one step) of the project's train step;
-    the persistent cache lives in a fresh temporary folder."""
+def compile_times(config, x: np.ndarray) -> list[tuple[float, float]]:
+    """[(wall, CPU) seconds] of tracing + compiling the project's train step
+    (``lower(...).compile()``), first with the persistent cache still empty for it, then in a
+    fresh trace (in-memory caches cleared) with the cache filled. Run before anything else
+    compiles that step."""
+    mesh = train_lib.make_mesh(jax.devices()[:1])
+    state = jax.eval_shape(lambda: train_lib.create_train_state(config, jax.random.PRNGKey(0)))
+    batch = {"image": jax.ShapeDtypeStruct(x.shape, jnp.float32),
+             "label": jax.ShapeDtypeStruct((len(x),), jnp.int32)}
     out = []
     for _ in range(2):
         train_lib._JITTED.clear()
         jax.clear_caches()
-        calls = project_calls(config, weights, x, labels)
-        out.append(seconds(calls["train_step"]) - step_s)
-    return tuple(out)
+        out.append(seconds(lambda: train_lib.compile_train_step(config, mesh).lower(state, batch).compile()))
+    return out
 
 
 def ratio_cell(r: list[float]) -> str:
@@ -164,11 +179,13 @@ def main() -> None:
     parser.add_argument("--full-pairs", type=int, default=3, help="pairs per full-size row")
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--no-compile-time", action="store_true")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin both processes to one core (then XLA may use more)")
     args = parser.parse_args()
 
     cache = tempfile.mkdtemp(prefix="vs_official_cache_")
     cli.setup_compilation_cache(cache, min_compile_secs=0.0)
-    official = Official(args.torch_python, args.official)
+    official = Official(args.torch_python, args.official, None if args.no_pin else CORE)
     rows, notes, tmp = [], [], tempfile.mkdtemp(prefix="vs_official_")
     rng = np.random.default_rng(0)
     try:
@@ -186,17 +203,18 @@ def main() -> None:
             with np.load(weights_file) as w:
                 weights = {k: w[k] for k in w.files}
             first = time.perf_counter()
+            if full and not args.no_compile_time:
+                (cold, cold_cpu), (warm, warm_cpu) = compile_times(config, x)
+                notes.append(f"{name}: train step trace + compile {cold:.1f} s ({cold_cpu:.1f} s "
+                             f"CPU) with an empty persistent cache, {warm:.1f} s ({warm_cpu:.1f} s "
+                             "CPU) from the filled cache")
             calls = project_calls(config, weights, x, labels)
             n = args.full_pairs if full else args.pairs
             for what in ("forward", "train_step"):
                 start = time.perf_counter()
                 r = pairs(official, name, what, calls[what], n)
-                if what == "train_step" and full and not args.no_compile_time:
-                    first_s, cached_s = compile_times(config, weights, x, labels, r["project"])
-                    notes.append(f"{name}: train-step compile {first_s:.1f} s on the first call, "
-                                 f"{cached_s:.1f} s from the persistent cache (each minus one step)")
                 rows.append([name, what, f"{info['num_params']:,}", str(n), f"{r['official']:.4g}",
-                             f"{r['project']:.4g}", ratio_cell(r["ratios"]), f"{r['cpu_per_wall']:.2f}"])
+                             f"{r['project']:.4g}", ratio_cell(r["ratios"]), ratio_cell(r["cpu_ratios"])])
                 print(f"[vs_official] {name} {what}: {rows[-1][-2]} "
                       f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
             del calls
@@ -204,10 +222,11 @@ def main() -> None:
     finally:
         official.close()
     load = os.getloadavg()
-    print_table(f"Official score_sde_pytorch / this project, CPU, one thread each, batch {args.batch} "
-                f"-- {machine()}, torch {info['torch']}",
+    where = "no pinning" if args.no_pin else f"both pinned to core {CORE}"
+    print_table(f"Official score_sde_pytorch / this project, CPU, one thread each ({where}), "
+                f"batch {args.batch} -- {machine()}, torch {info['torch']}",
                 ["network", "call", "parameters", "pairs", "official s", "project s",
-                 "official/project", "project cpu/wall"], rows,
+                 "official/project", "same, CPU time"], rows,
                 [f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", *notes])
 
 
