@@ -183,6 +183,8 @@ def main() -> None:
                         help="do not pin both processes to one core (then XLA may use more)")
     args = parser.parse_args()
 
+    if not any(args.only.lower() in name.lower() for name, *_ in CASES):
+        parser.error(f"--only {args.only!r} matches none of {[name for name, *_ in CASES]}")
     cache = tempfile.mkdtemp(prefix="vs_official_cache_")
     cli.setup_compilation_cache(cache, min_compile_secs=0.0)
     official = Official(args.torch_python, args.official, None if args.no_pin else CORE)
