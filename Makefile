@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,7 +5,7 @@
 Both runs start from the same initial parameters (``create_train_state`` with ``PRNGKey(seed)``;
 parameters are float32 in both), see the same batches of the digits train split (first 1500
 images, drawn with a numpy generator seeded by ``seed``) and the same noise keys. After training,
-the held-out DSM loss (``train_lib.get_step_loss``, no dropout) of the raw and the EMA
+the held-out DSM loss (``losses.get_step_loss``, no dropout) of the raw and the EMA
 parameters is averaged over the 297 test digits × ``--repeats`` noise draws with fixed keys,
 each run evaluated with its own network dtype and, for bf16, also with the float32 network.
 The table gives each loss and its ratio to float32's.

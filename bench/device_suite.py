@@ -1,6 +1,6 @@
 """The measurements of ``bench/device_suite.sh`` (one accelerator): training, sampling, likelihood.
 
-    python bench/device_suite.py {train,sample,likelihood} --out rows.jsonl
+    python bench/device_suite.py {train,train8,sample,likelihood} --out rows.jsonl
     python bench/device_suite.py table --out rows.jsonl
 
 Each part appends JSON rows to ``--out``; ``table`` prints them as one table. With
@@ -13,6 +13,9 @@ toy sizes, which is how the suite is checked on a CPU.
   after two compiling / warm-up calls); memory: the compiler's plan (arguments + outputs −
   donated + temporaries, ``memory_analysis``) and the device allocator's peak bytes in use so
   far (``memory_stats``; the variants run from the smallest expected footprint up).
+- train8: the full DDPM++ and NCSN++ (``configs/ve/cifar10_ncsnpp_continuous.py``) train steps
+  at batch 8, fp32, with the step's compile time: the rows ``bench/vs_official.py`` measures
+  against the official code on a CPU.
 - sample: samples/s of PC-1000 (the config's Euler–Maruyama predictor, no corrector, 1000
   steps) and DPM-Solver-20 (2nd-order multistep, 20 NFE) with the same network (float32).
 - likelihood: the probability-flow ODE log-likelihood of a batch, this project's jitted diffrax
@@ -45,6 +48,7 @@ from score_sde_jax.models import utils as mutils  # noqa: E402
 
 SMOKE = os.environ.get("DEVICE_SUITE_SMOKE", "") == "1"
 CONFIG = "configs/tiny/tiny_ddpmpp.py" if SMOKE else "configs/vp/cifar10_ddpmpp_continuous.py"
+NCSNPP_CONFIG = "configs/tiny/tiny_ncsnpp.py" if SMOKE else "configs/ve/cifar10_ncsnpp_continuous.py"
 SIZES = dict(train_batch=8, steps=2, repeats=2, sample_batch=4, pc_steps=10, lik_batch=2, tol=1e-3) \
     if SMOKE else dict(train_batch=128, steps=10, repeats=3, sample_batch=64, pc_steps=1000,
                        lik_batch=8, tol=1e-5)
@@ -111,6 +115,39 @@ def part_train(out: str) -> None:
              unit="img/s", ms=seconds * 1e3, planned_gb=planned / 1e9,
              peak_gb=peak_in_use() / 1e9, compile_s=compile_s,
              loss=float(jax.device_get(metrics["loss"])))
+
+
+def part_train8(out: str) -> None:
+    """The full-size DDPM++ and NCSN++ train steps at batch 8, fp32: the rows that
+    ``bench/vs_official.py`` compares with the official code on a CPU (s/step and the compile
+    time of the step: trace + XLA compile, ``lower().compile()``)."""
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    b = 8
+    for name, path in (("DDPM++", CONFIG), ("NCSN++", NCSNPP_CONFIG)):
+        config = load_config(os.path.join(ROOT, path))
+        config.training.batch_size = b
+        state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+        images = np.random.default_rng(0).uniform(size=(b, *mutils.data_shape(config)))
+        batch = sharding.make_global_batch({"image": images.astype(np.float32),
+                                             "label": np.zeros(b, np.int32)}, mesh)
+        start = time.perf_counter()
+        step = train_lib.compile_train_step(config, mesh).lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        for _ in range(2):
+            state, metrics = step(state, batch)
+        holder = {"state": state}
+
+        def run(holder=holder, step=step, batch=batch):
+            s = holder["state"]
+            for _ in range(SIZES["steps"]):
+                s, m = step(s, batch)
+            holder["state"] = s
+            return m
+
+        seconds = best(run, SIZES["repeats"]) / SIZES["steps"]
+        emit(out, part="train8", what=f"{name} train step, B={b}, fp32 (vs_official row)",
+             value=b / seconds, unit="img/s", ms=seconds * 1e3, compile_s=compile_s,
+             peak_gb=peak_in_use() / 1e9)
 
 
 def part_sample(out: str) -> None:
@@ -200,12 +237,12 @@ def part_table(out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=["train", "sample", "likelihood", "table"])
+    parser.add_argument("part", choices=["train", "train8", "sample", "likelihood", "table"])
     parser.add_argument("--out", required=True, help="JSON-lines file the rows are appended to")
     args = parser.parse_args()
     if args.part != "table":
         print(f"[device_suite] {args.part} on {machine()}", flush=True)
-    {"train": part_train, "sample": part_sample, "likelihood": part_likelihood,
+    {"train": part_train, "train8": part_train8, "sample": part_sample, "likelihood": part_likelihood,
      "table": part_table}[args.part](args.out)
 
 

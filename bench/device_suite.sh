@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared run on a machine with one GPU (or TPU): ~5-8 minutes, one table on stdout.
+# One prepared run on a machine with one GPU (or TPU): ~6-10 minutes, one table on stdout.
 # Never run by the tests or CI.
 #
 #   bash bench/device_suite.sh                   # from the repository root
@@ -8,6 +8,8 @@
 # Measures (bench/device_suite.py, one process per part):
 #   train       full CIFAR-10 DDPM++ train step at batch 128: images/s in fp32, bf16, remat,
 #               bf16 + remat, with the compiled plan's bytes and the allocator's peak bytes in use
+#   train8      full CIFAR-10 DDPM++ and NCSN++ train steps at batch 8, fp32 (the rows that
+#               bench/vs_official.py compares with the official code on a CPU), with compile time
 #   sample      PC-1000 and DPM-Solver-20 samples/s (batch 64, float32)
 #   likelihood  probability-flow ODE log-likelihood: diffrax (jit + vmap) vs the official scipy
 #               RK45 host loop on the full network (batch 8, rtol = atol = 1e-5)
@@ -70,9 +72,9 @@ fi
 OUT="${DEVICE_SUITE_OUT:-$(mktemp -d)/device_suite.jsonl}"
 : > "$OUT"
 status=0
-# Seconds per part (7.8 min in all); a part that fails or runs out of time leaves the others'
+# Seconds per part (9.3 min in all); a part that fails or runs out of time leaves the others'
 # rows in the table.
-for spec in "train:${TRAIN_TIMEOUT:-240}" "sample:${SAMPLE_TIMEOUT:-100}" \
+for spec in "train:${TRAIN_TIMEOUT:-240}" "train8:${TRAIN8_TIMEOUT:-90}" "sample:${SAMPLE_TIMEOUT:-100}" \
             "likelihood:${LIKELIHOOD_TIMEOUT:-130}"; do
   part="${spec%%:*}"
   timeout "${spec##*:}" "$PY" bench/device_suite.py "$part" --out "$OUT" >&2 \

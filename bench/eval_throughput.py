@@ -5,7 +5,7 @@
 
 One row per mesh of 1, 2, 4, 8 devices (the first n of ``jax.devices()``; on a CPU the script
 asks XLA for 8 host devices): the per-device share of the global batch, the median time of one
-call of the PC sampler (``evaluation.steps.get_sample_fn``, ``--steps`` noise scales) and of the
+call of the PC sampler (``eval_lib.get_sample_fn``, ``--steps`` noise scales) and of the
 bits/dim step (``get_bpd_fn``, ODE likelihood at rtol = atol = 1e-3), samples/s and images/s,
 each relative to 1 device of the same run, and the largest difference of the samples from the
 1-device ones (the same per-sample keys: it must be ~0). On CPU host devices, which share the

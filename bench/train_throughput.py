@@ -36,7 +36,7 @@ CONFIGS = [  # (row name, config file, each example alone); the first row is the
 
 
 def measure(config_path: str, batch: int, steps: int, alone: bool = False) -> dict:
-    """``alone``: the loss as a vmap of batch-of-one calls (the path of models with dropout,
+    """``alone``: the loss as a vmap of batch-of-one calls (the path of tasks other than "score",
     ``train_lib.summed_per_example``) instead of one batched call."""
     config = load_config(os.path.join(ROOT, config_path))
     config.training.batch_size = batch

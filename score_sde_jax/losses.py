@@ -192,14 +192,9 @@ def _score_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> Step
     else:
         raise ValueError(f"config.training.continuous=False (discrete SMLD / DDPM training) is "
                          f"for vesde / vpsde, not config.training.sde={t.sde!r}")
-    dropout_free = not float(config.model.dropout)
 
     def loss(params: dict, rng: Array, batch: Batch) -> tuple[Array, dict]:
-        rng_loss, rng_dropout = prng.split(rng)
-        if prng.per_example(rng):  # one key per example: only without dropout
-            if train and not dropout_free:
-                raise ValueError("per-example keys for a batch need model.dropout = 0")
-            rng_dropout = rng_dropout[0]  # unused: no dropout
+        rng_loss, rng_dropout = prng.split(rng)  # per-example keys: per-example masks too
         variables = {"params": params}
         dropout = rng_dropout if train else None
         if continuous:

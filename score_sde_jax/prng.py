@@ -6,6 +6,12 @@ which draws the batch at once exactly as ``jax.random`` does, or a batch of keys
 uint32 or typed ``(B,)``), one per example along the leading axis of ``shape``: example b's
 noise is then a function of its own key alone, so it does not change with the batch size, the
 position of the example in the batch, or the devices the batch is sharded over.
+
+:func:`batch_key` turns a batch of keys into ONE typed key for code that takes a single key
+(e.g. a Flax network's ``'dropout'`` rng, used by ``nn.Dropout`` through ``make_rng``): every
+``fold_in`` / ``split`` acts on each example's key, and a draw of shape (B, ...) gives row b
+exactly the draw of shape (1, ...) from key b alone. So one batched network call with per-example
+dropout masks equals B calls on batches of one, each with its own key.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 
 Array = jax.Array
@@ -76,3 +83,54 @@ def fold_in(rng: Array, data: int) -> Array:
     if not per_example(rng):
         return jax.random.fold_in(rng, data)
     return jax.vmap(lambda key: jax.random.fold_in(key, data))(rng)
+
+
+_BATCH_IMPLS: dict[int, object] = {}
+_BITS = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
+
+
+def _threefry(data: Array) -> Array:
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
+
+
+def _batch_impl(size: int):
+    """The PRNG implementation whose one key is ``size`` threefry keys, (size, 2) uint32."""
+    if size in _BATCH_IMPLS:
+        return _BATCH_IMPLS[size]
+
+    def seed(s: Array) -> Array:
+        return jax.random.key_data(jax.random.split(_threefry(jax.random.PRNGKey(s)), size))
+
+    def split(data: Array, shape: tuple[int, ...]) -> Array:  # (size, 2) -> (*shape, size, 2)
+        out = jax.vmap(lambda k: jax.random.key_data(jax.random.split(_threefry(k), shape)))(data)
+        return jnp.moveaxis(out, 0, len(shape))
+
+    def fold_in(data: Array, value: Array) -> Array:
+        return jax.vmap(lambda k: jax.random.key_data(jax.random.fold_in(_threefry(k), value)))(data)
+
+    def random_bits(data: Array, bit_width: int, shape: tuple[int, ...]) -> Array:
+        if not shape or shape[0] != size:
+            raise ValueError(f"a key of {size} per-example keys draws shapes ({size}, ...), "
+                             f"not {tuple(shape)}")
+        return jax.vmap(lambda k: jax.random.bits(_threefry(k), shape[1:], _BITS[bit_width]))(data)
+
+    impl = jax.extend.random.define_prng_impl(
+        key_shape=(size, 2), seed=seed, split=split, random_bits=random_bits, fold_in=fold_in,
+        name=f"per_example_threefry2x32_{size}", tag=f"pe{size}")
+    _BATCH_IMPLS[size] = impl
+    return impl
+
+
+def batch_key(rng: Array) -> Array:
+    """One typed key () holding the B per-example threefry keys of ``rng`` ((B, 2) uint32 or
+    typed (B,)): ``fold_in(key, d)`` folds d into each, ``split`` splits each, and a draw of
+    shape (B, ...) (``jax.random.bernoulli``, ``normal``, ...) is, row b, the draw of shape
+    (1, ...) from key b alone (the same bits: threefry draws depend on the element count only).
+    The draws run inside the one batched computation (a vmap over the keys of the draw only)."""
+    if not per_example(rng):
+        raise ValueError(f"batch_key takes a batch of keys, got shape {rng.shape}")
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        if str(jax.random.key_impl(rng)) != "threefry2x32":
+            raise ValueError(f"batch_key supports threefry2x32 keys, not {jax.random.key_impl(rng)}")
+        rng = jax.random.key_data(rng)
+    return jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32), impl=_batch_impl(rng.shape[0]))

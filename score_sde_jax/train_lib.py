@@ -161,7 +161,7 @@ def summed_per_example(loss_fn: StepLoss, batched: bool = False
 
     ``batched``: one call of ``loss_fn`` on the whole batch with the per-example keys, times b
     (the same values when the loss draws example i's noise from ``keys[i]`` and the network
-    treats examples independently, as the score task without dropout: :func:`batched_loss`);
+    treats examples independently, as the score task: :func:`batched_loss`);
     else ``vmap`` of batch-of-one calls (1.17× slower a step on CPU, BENCHMARKS.md §4)."""
     if batched:
         def whole(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
@@ -181,10 +181,10 @@ def summed_per_example(loss_fn: StepLoss, batched: bool = False
 
 
 def batched_loss(config) -> bool:
-    """True when the training loss can run on the whole batch with per-example keys (the score
-    task with ``model.dropout`` = 0): a dropout mask comes from one key for the whole batch,
-    so with dropout each example runs alone (:func:`summed_per_example`)."""
-    return config.training.task == "score" and not float(config.model.dropout)
+    """True when the training loss can run on the whole batch with per-example keys: the score
+    task (its noise draws and dropout masks take one key per example, ``prng.batch_key``);
+    other tasks run each example alone (:func:`summed_per_example`)."""
+    return config.training.task == "score"
 
 
 def grad_accum_steps(config) -> int:

@@ -20,3 +20,21 @@ def x64():
     """Run one test in float64 without leaking the flag into other tests of the worker."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """THE trained digits model of the suite: the embedded default (configs/digits.py) trained
+    as ``make demo`` trains it (``demos.train.digits_config``, 600 of the demo's 800 steps, one
+    device), once per test session -- tests that use it carry
+    ``@pytest.mark.xdist_group("trained_digits")`` so that one worker trains it (the Makefile
+    runs pytest with ``--dist loadgroup``). Returns (config, work directory, EMA parameters)."""
+    from score_sde_jax import run_lib, sharding
+    from score_sde_jax.demos import train as demo_train
+
+    config = demo_train.digits_config(600)  # 300 gave the ODE samplers saturated noise
+    config.model.num_scales = 100  # Euler-Maruyama steps of the PC sampler
+    config.data.prefetch = 0
+    workdir = tmp_path_factory.mktemp("trained_digits")
+    state = run_lib.train(config, str(workdir), sharding.make_mesh(jax.devices()[:1]))
+    return config, workdir, jax.device_get(state.params_ema)

@@ -22,6 +22,26 @@ def test_one_key_draws_like_jax_random_and_per_example_keys_draw_alone():
         prng.normal(keys, (4, 4))
 
 
+def test_a_batch_key_acts_on_each_example_key():
+    """prng.batch_key: one typed key whose fold_in / split act per example, and whose draws of
+    shape (B, ...) are, row b, the draws of shape (1, ...) from key b (as nn.Dropout makes them)."""
+    keys = jax.random.split(jax.random.PRNGKey(4), 3)
+    key = jax.jit(lambda k: jax.random.fold_in(prng.batch_key(k), 7))(keys)
+    folded = [jax.random.fold_in(k, 7) for k in keys]
+    np.testing.assert_array_equal(jax.random.key_data(key), np.stack(folded))
+    mask = jax.random.bernoulli(key, 0.7, (3, 4, 5))
+    for b in range(3):
+        np.testing.assert_array_equal(mask[b], jax.random.bernoulli(folded[b], 0.7, (1, 4, 5))[0])
+    split = jax.random.key_data(jax.random.split(prng.batch_key(keys), 2))
+    np.testing.assert_array_equal(split[1, 2], jax.random.split(keys[2])[1])
+    np.testing.assert_array_equal(jax.random.normal(prng.batch_key(keys), (3, 2))[1],
+                                  jax.random.normal(keys[1], (1, 2))[0])
+    with pytest.raises(ValueError, match="draws shapes \\(3, ...\\), not \\(2, 4\\)"):
+        jax.random.normal(prng.batch_key(keys), (2, 4))
+    with pytest.raises(ValueError, match="batch_key takes a batch of keys"):
+        prng.batch_key(keys[0])
+
+
 def test_rademacher_probes_are_the_same_with_and_without_x64():
     key = jax.random.PRNGKey(3)
     plain = prng.rademacher(key, (4, 50))

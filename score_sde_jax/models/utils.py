@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_sde_jax import sde_lib
+from score_sde_jax import prng, sde_lib
 
 Array = jax.Array
 _MODELS: dict[str, type[nn.Module]] = {}
@@ -105,11 +105,15 @@ def get_model_fn(
     model: nn.Module, variables: dict, train: bool = False, rng: Array | None = None
 ) -> Callable[..., Array]:
     """``model_fn(x, labels, class_labels=None)``: the raw network output; dropout uses ``rng``
-    when training. ``class_labels`` (B,) reach a label-conditional network (module docstring);
+    when training: one key for the batch, or one key per example ((B, 2): example b's masks
+    are those of a batch of one with key b, drawn inside the one batched call,
+    :func:`prng.batch_key`). ``class_labels`` (B,) reach a label-conditional network (module docstring);
     None calls the network as an unconditional one does (a conditional one then sees the null
     label)."""
     if train and rng is None:
         raise ValueError("get_model_fn(train=True) needs an rng for dropout")
+    if train and prng.per_example(rng):
+        rng = prng.batch_key(rng)
 
     def model_fn(x: Array, labels: Array, class_labels: Array | None = None) -> Array:
         rngs = {"dropout": rng} if train else {}

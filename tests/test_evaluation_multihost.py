@@ -1,5 +1,5 @@
 """Evaluation and sampling across two processes (2 devices each, on 127.0.0.1, the harness of
-tests/test_multihost.py) give the samples, bits/dim, loss and report of one process.
+tests/test_run_lib_multihost.py) give the samples, bits/dim, loss and report of one process.
 
 Run as a script, this file is one of the two worker processes.
 """
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_multihost import _free_port
+from test_run_lib_multihost import _free_port
 from training_helpers import ROOT, subprocess_env, tiny_toy_config
 
 from score_sde_jax import checkpoints, evaluation, inference, sharding, train_lib

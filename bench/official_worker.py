@@ -1,0 +1,145 @@
+"""The official score_sde_pytorch side of ``bench/vs_official.py``; run by it, with a Python that
+has torch (and numpy, ml_collections), never by the tests:
+
+    PYTHON_WITH_TORCH bench/official_worker.py --official PATH_TO_score_sde_pytorch
+
+It reads one JSON command a line on stdin and answers one JSON line on stdout:
+
+- ``{"cmd": "setup", "case": NAME, "config": PATH, "overrides": {section: {key: value}},
+  "inputs": NPZ, "weights": NPZ}``: builds the official network of the official config file
+  ``PATH`` (relative to the checkout) with the overrides, under ``torch.manual_seed(0)``, writes
+  its ``state_dict`` to ``weights`` (the project imports the same weights), reads the inputs
+  (``x`` NHWC in [0, 1], ``labels``) from ``inputs`` and prepares the forward pass and the
+  official training step (``losses.get_step_fn`` with ``optimization_manager`` and the EMA, as
+  ``run_lib.train`` runs it on a scaled NCHW batch).
+- ``{"cmd": "time", "case": NAME, "what": "forward" | "train_step"}``: the wall seconds and the
+  process CPU seconds of one call (torch on CPU is synchronous).
+
+The official code loads two CUDA extensions when ``op`` is imported (``op/fused_act.py``,
+``op/upfirdn2d.py``: ``torch.utils.cpp_extension.load``). On a CPU tensor neither is used (both
+files take their pure-torch path, ``fused_leaky_relu`` / ``upfirdn2d_native``), so the loads are
+replaced by a stand-in that fails if an extension kernel is ever called. One torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.utils.cpp_extension
+
+
+class _NoExtension:
+    """What ``cpp_extension.load`` returns here: the CUDA kernels are not built on a CPU run."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr: str):
+        raise RuntimeError(f"the CUDA extension {self.name!r} was called ({attr}); "
+                           "the CPU benchmark should use the official pure-torch path")
+
+
+def _no_load(name, *args, **kwargs):
+    return _NoExtension(name)
+
+
+def load_official(root: str) -> dict:
+    """The official modules (``models.utils``, ``losses``, ``sde_lib``, ``models.ema``), imported
+    from the checkout at ``root`` with the CUDA extension loads replaced."""
+    torch.utils.cpp_extension.load = _no_load
+    sys.path.insert(0, os.path.abspath(root))
+    names = ["models.ncsnpp", "models.ddpm", "models.utils", "models.ema", "losses", "sde_lib"]
+    return {name: importlib.import_module(name) for name in names}
+
+
+def official_config(root: str, path: str, overrides: dict):
+    spec = importlib.util.spec_from_file_location("official_config", os.path.join(root, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.device = torch.device("cpu")
+    for section, values in overrides.items():
+        for key, value in values.items():
+            config[section][key] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def official_sde(mods: dict, config):
+    sde_lib, m, name = mods["sde_lib"], config.model, config.training.sde.lower()
+    if name == "vpsde":
+        return sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+    if name == "subvpsde":
+        return sde_lib.subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+    return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+
+
+def setup(mods: dict, root: str, command: dict) -> dict:
+    """The case's two timed calls, as closures."""
+    config = official_config(root, command["config"], command["overrides"])
+    torch.manual_seed(0)
+    model = mods["models.utils"].create_model(config)
+    state_dict = {k.removeprefix("module."): v.detach().numpy() for k, v in model.state_dict().items()}
+    np.savez(command["weights"], **state_dict)
+    with np.load(command["inputs"]) as data:
+        x = torch.from_numpy(np.transpose(data["x"], (0, 3, 1, 2)).copy())
+        labels = torch.from_numpy(data["labels"])
+    batch = 2 * x - 1 if config.data.centered else x  # datasets.get_data_scaler
+    losses = mods["losses"]
+    optimizer = losses.get_optimizer(config, model.parameters())
+    ema = mods["models.ema"].ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+    state = dict(optimizer=optimizer, model=model, ema=ema, step=0)
+    step_fn = losses.get_step_fn(official_sde(mods, config), train=True,
+                                 optimize_fn=losses.optimization_manager(config),
+                                 reduce_mean=config.training.reduce_mean,
+                                 continuous=config.training.continuous,
+                                 likelihood_weighting=config.training.likelihood_weighting)
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            return model(x, labels)
+
+    def train_step():
+        model.train()
+        return step_fn(state, batch)
+
+    return {"forward": forward, "train_step": train_step,
+            "num_params": sum(p.numel() for p in model.parameters())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="official side of bench/vs_official.py")
+    parser.add_argument("--official", required=True, help="score_sde_pytorch checkout")
+    parser.add_argument("--core", type=int, default=None, help="pin this process to that core")
+    args = parser.parse_args()
+    if args.core is not None:
+        os.sched_setaffinity(0, {args.core})
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    mods = load_official(args.official)
+    cases: dict[str, dict] = {}
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "setup":
+            cases[command["case"]] = setup(mods, args.official, command)
+            answer = {"num_params": cases[command["case"]]["num_params"], "torch": torch.__version__}
+        elif command["cmd"] == "time":
+            fn = cases[command["case"]][command["what"]]
+            start, cpu = time.perf_counter(), time.process_time()
+            fn()
+            answer = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+        else:
+            raise ValueError(f"unknown command {command!r}")
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()

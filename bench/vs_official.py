@@ -1,0 +1,236 @@
+"""This project against the official score_sde_pytorch code on the same CPU, side by side.
+
+    python bench/vs_official.py --official PATH/score_sde_pytorch --torch-python PATH/bin/python \
+        [--pairs 7] [--full-pairs 3] [--only ddpmpp]
+
+Fetches nothing: ``--official`` is a checkout of score_sde_pytorch, ``--torch-python`` a Python
+with torch, numpy and ml_collections, which runs ``bench/official_worker.py`` (the official
+networks and training step, its two CUDA extension loads bypassed: their CPU paths are pure
+torch). Each case builds the official network of an official config (torch.manual_seed(0)); the
+project imports the same weights (``checkpoints.from_official_pytorch``) and gets the same
+inputs (batch ``--batch``, labels in the range the network is trained on).
+
+Rows: forward (eval mode, no gradient) and one training step (loss, backward, clipped Adam with
+warmup, EMA; dropout on as in training; the project's ``train_lib.compile_train_step`` on one
+device) for the small parity-size networks (``tests/data``: image 16, nf 32, ch_mult (1, 2),
+one residual block, attention at 8) and the full CIFAR-10 DDPM++ / NCSN++. Each row is timed in
+interleaved pairs (official call, project call, official, project, ...) after one warm-up call
+of each (the project's compiles); the ratio is official seconds / project seconds, so > 1 means
+the project is faster: median [min, max] over the pairs, of the wall times and of the process
+CPU times (on a loaded machine the CPU-time ratio is the steadier one). One core each: torch
+with ``set_num_threads(1)``, XLA with ``--xla_cpu_multi_thread_eigen=false``, and both processes
+pinned to the same core (``os.sched_setaffinity``; XLA:CPU still runs part of the step on a
+thread pool whatever those flags say). Compile time of the full-size train steps: trace +
+``lower().compile()`` with an empty persistent compilation cache (a fresh temporary folder),
+then again in a fresh trace with the cache filled.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One core: XLA:CPU still runs part of the work on a thread pool with these
+# flags (measured: 1.8 CPU-seconds per second on 2 cores), so both processes are also pinned to
+# one core, the same one, before jax starts its threads (--no-pin turns that off).
+CORE = max(os.sched_getaffinity(0))
+if "--no-pin" not in os.sys.argv:
+    os.sched_setaffinity(0, {CORE})
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
+from score_sde_jax import checkpoints, cli, sharding, train_lib  # noqa: E402
+from score_sde_jax.models import utils as mutils  # noqa: E402
+
+SMALL = {"model": {"nf": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8]},
+         "data": {"image_size": 16}}
+CASES = [  # (name, config file (the same path in both repositories), overrides, full size)
+    ("DDPM++ small", "configs/vp/cifar10_ddpmpp_continuous.py", SMALL, False),
+    ("NCSN++ small", "configs/ve/cifar10_ncsnpp_continuous.py", SMALL, False),
+    ("DDPM++ full", "configs/vp/cifar10_ddpmpp_continuous.py", {}, True),
+    ("NCSN++ full", "configs/ve/cifar10_ncsnpp_continuous.py", {}, True),
+]
+
+
+class Official:
+    """The worker process running the official code (one JSON line in, one out)."""
+
+    def __init__(self, python: str, checkout: str, core: int | None):
+        worker = os.path.join(ROOT, "bench", "official_worker.py")
+        pin = [] if core is None else ["--core", str(core)]
+        self.proc = subprocess.Popen([python, worker, "--official", checkout, *pin], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(self, **command) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the official worker stopped (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def project_config(path: str, overrides: dict, batch: int):
+    config = load_config(os.path.join(ROOT, path))
+    for section, values in overrides.items():
+        for key, value in values.items():
+            config[section][key] = tuple(value) if isinstance(value, list) else value
+    config.training.batch_size = batch
+    return config
+
+
+def labels_for(config, batch: int) -> np.ndarray:
+    """Noise levels the network sees in training: 999·t (VP) or σ(t) (VE), t spread over (0, 1]."""
+    t = np.linspace(1e-3, 1.0, batch)
+    if config.training.sde.lower() == "vesde":
+        m = config.model
+        return (m.sigma_min * (m.sigma_max / m.sigma_min) ** t).astype(np.float32)
+    return (999 * t).astype(np.float32)
+
+
+def project_calls(config, weights: dict, x: np.ndarray, labels: np.ndarray) -> dict[str, Callable]:
+    """The project's forward and train step on the official weights (each call blocks)."""
+    variables = checkpoints.from_official_pytorch(weights, config)
+    model = mutils.get_model(config)
+    apply = jax.jit(lambda v, x, y: model.apply(v, x, y, train=False))
+    xj, yj = jnp.asarray(x), jnp.asarray(labels)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    params = variables["params"]
+    state = [sharding.replicate(train_lib.train_state_from_params(config, params, params, 0), mesh)]
+    batch = sharding.make_global_batch({"image": x, "label": np.zeros(len(x), np.int32)}, mesh)
+    step = train_lib.compile_train_step(config, mesh)
+
+    def train_step():
+        state[0], metrics = step(state[0], batch)
+        return jax.block_until_ready(metrics)
+
+    return {"forward": lambda: jax.block_until_ready(apply(variables, xj, yj)),
+            "train_step": train_step}
+
+
+def seconds(fn: Callable) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def pairs(official: Official, case: str, what: str, mine: Callable, n: int) -> dict:
+    """Warm-up call of each, then n interleaved pairs: ratios official / project of the wall
+    times and of the process CPU times (less sensitive to other jobs on a loaded machine)."""
+    official.ask(cmd="time", case=case, what=what)
+    mine()
+    ratios, cpu_ratios, times_o, times_p = [], [], [], []
+    for _ in range(n):
+        answer = official.ask(cmd="time", case=case, what=what)
+        wall, cpu = seconds(mine)
+        ratios.append(answer["seconds"] / wall)
+        cpu_ratios.append(answer["cpu"] / cpu)
+        times_o.append(answer["seconds"])
+        times_p.append(wall)
+    return {"ratios": ratios, "cpu_ratios": cpu_ratios, "official": float(np.median(times_o)),
+            "project": float(np.median(times_p))}
+
+
+def compile_times(config, x: np.ndarray) -> list[tuple[float, float]]:
+    """[(wall, CPU) seconds] of tracing + compiling the project's train step
+    (``lower(...).compile()``), first with the persistent cache still empty for it, then in a
+    fresh trace (in-memory caches cleared) with the cache filled. Run before anything else
+    compiles that step."""
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    state = jax.eval_shape(lambda: train_lib.create_train_state(config, jax.random.PRNGKey(0)))
+    batch = {"image": jax.ShapeDtypeStruct(x.shape, jnp.float32),
+             "label": jax.ShapeDtypeStruct((len(x),), jnp.int32)}
+    out = []
+    for _ in range(2):
+        train_lib._JITTED.clear()
+        jax.clear_caches()
+        out.append(seconds(lambda: train_lib.compile_train_step(config, mesh).lower(state, batch).compile()))
+    return out
+
+
+def ratio_cell(r: list[float]) -> str:
+    return f"{np.median(r):.2f} [{min(r):.2f}, {max(r):.2f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", required=True, help="path of a score_sde_pytorch checkout")
+    parser.add_argument("--torch-python", default=sys.executable, help="a Python with torch")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=7, help="pairs per small-network row")
+    parser.add_argument("--full-pairs", type=int, default=3, help="pairs per full-size row")
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--no-compile-time", action="store_true")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin both processes to one core (then XLA may use more)")
+    args = parser.parse_args()
+
+    if not any(args.only.lower() in name.lower() for name, *_ in CASES):
+        parser.error(f"--only {args.only!r} matches none of {[name for name, *_ in CASES]}")
+    cache = tempfile.mkdtemp(prefix="vs_official_cache_")
+    cli.setup_compilation_cache(cache, min_compile_secs=0.0)
+    official = Official(args.torch_python, args.official, None if args.no_pin else CORE)
+    rows, notes, tmp = [], [], tempfile.mkdtemp(prefix="vs_official_")
+    rng = np.random.default_rng(0)
+    try:
+        for name, path, overrides, full in CASES:
+            if args.only.lower() not in name.lower():
+                continue
+            config = project_config(path, overrides, args.batch)
+            shape = mutils.data_shape(config)
+            x = rng.uniform(size=(args.batch, *shape)).astype(np.float32)
+            labels = labels_for(config, args.batch)
+            inputs, weights_file = os.path.join(tmp, f"{name}_in.npz"), os.path.join(tmp, f"{name}_w.npz")
+            np.savez(inputs, x=x, labels=labels)
+            info = official.ask(cmd="setup", case=name, config=path, overrides=overrides,
+                                inputs=inputs, weights=weights_file)
+            with np.load(weights_file) as w:
+                weights = {k: w[k] for k in w.files}
+            first = time.perf_counter()
+            if full and not args.no_compile_time:
+                (cold, cold_cpu), (warm, warm_cpu) = compile_times(config, x)
+                notes.append(f"{name}: train step trace + compile {cold:.1f} s ({cold_cpu:.1f} s "
+                             f"CPU) with an empty persistent cache, {warm:.1f} s ({warm_cpu:.1f} s "
+                             "CPU) from the filled cache")
+            calls = project_calls(config, weights, x, labels)
+            n = args.full_pairs if full else args.pairs
+            for what in ("forward", "train_step"):
+                start = time.perf_counter()
+                r = pairs(official, name, what, calls[what], n)
+                rows.append([name, what, f"{info['num_params']:,}", str(n), f"{r['official']:.4g}",
+                             f"{r['project']:.4g}", ratio_cell(r["ratios"]), ratio_cell(r["cpu_ratios"])])
+                print(f"[vs_official] {name} {what}: {rows[-1][-2]} "
+                      f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+            del calls
+            print(f"[vs_official] {name}: {time.perf_counter() - first:.0f} s", file=sys.stderr)
+    finally:
+        official.close()
+    load = os.getloadavg()
+    where = "no pinning" if args.no_pin else f"both pinned to core {CORE}"
+    print_table(f"Official score_sde_pytorch / this project, CPU, one thread each ({where}), "
+                f"batch {args.batch} -- {machine()}, torch {info['torch']}",
+                ["network", "call", "parameters", "pairs", "official s", "project s",
+                 "official/project", "same, CPU time"], rows,
+                [f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", *notes])
+
+
+if __name__ == "__main__":
+    main()
