@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 from training_helpers import tiny_toy_config
 
 from score_sde_jax import analytic, inference, run_lib, sharding
@@ -39,3 +40,21 @@ def test_encode_and_interpolate_on_8_devices_equal_1_device(tmp_path, x64):
              for name, mesh in meshes.items()}
     np.testing.assert_allclose(np.load(paths["8"]["npz"])["samples"],
                                np.load(paths["1"]["npz"])["samples"], rtol=1e-5, atol=1e-6)
+
+
+def test_labels_of_a_conditional_model_follow_the_sample_number():
+    """--mode sample / eval of a label-conditional model: sample i is of class i mod K (so
+    --seeds regenerates it), or of --class_label; an unconditional model refuses a class."""
+    from configs.toy_gmm_cfg import get_config as cfg_config
+    from score_sde_jax import eval_lib
+
+    config = cfg_config()
+    indices = jax.numpy.arange(7, 14)
+    np.testing.assert_array_equal(eval_lib.sample_labels(config, indices), np.arange(7, 14) % 3)
+    np.testing.assert_array_equal(eval_lib.sample_labels(config, indices, 2), np.full(7, 2))
+    with pytest.raises(ValueError, match=r"--class_label=3 is not a class of the network \(0 .. 2"):
+        eval_lib.sample_labels(config, indices, 3)
+    plain = tiny_toy_config()
+    assert eval_lib.sample_labels(plain, indices) is None
+    with pytest.raises(ValueError, match="--class_label=1: the network of this config has no classes"):
+        eval_lib.sample_labels(plain, indices, 1)
