@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax
 import pytest
-from training_helpers import ROOT, TINY, subprocess_env, tiny_toy_config
+from training_helpers import ROOT, TINY, damage_array_bytes, subprocess_env, tiny_toy_config
 
 from score_sde_jax import checkpoints, preemption, sharding, train_lib
 
@@ -162,3 +162,17 @@ def test_grad_accum_check_before_training_names_the_key():
         train_lib.check_grad_accum(tiny_toy_config(**{"training.grad_accum_steps": 16}), mesh)
     with pytest.raises(ValueError, match=r"grad_accum_steps=0 must be a positive integer"):
         train_lib.check_grad_accum(tiny_toy_config(**{"training.grad_accum_steps": 0}), mesh)
+
+
+def test_sample_refuses_a_checkpoint_with_damaged_bytes(tmp_path):
+    config = tiny_toy_config()
+    directory = checkpoints.step_dirs(tmp_path)[0]
+    snapshots = checkpoints.Checkpointer(directory)
+    snapshots.save(train_lib.create_train_state(config, jax.random.PRNGKey(0)), config)
+    snapshots.close()
+    damage_array_bytes(directory / "0")
+    line = _one_line(_main(f"--workdir={_rel(tmp_path)}", "--mode=sample"))
+    assert line.startswith("main.py: error: CorruptCheckpointError: checkpoint "), line
+    assert line.endswith("/checkpoints/0 is corrupt: the bytes of params_ema/Dense_1/kernel do not "
+                         "match the checksum written with it" + HINT), line
+    assert not (tmp_path / "samples").exists()

@@ -67,3 +67,17 @@ def max_abs_diff(a, b) -> float:
     diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
                                    a, b)
     return max(jax.tree_util.tree_leaves(diffs))
+
+
+def damage_array_bytes(checkpoint: Path, fraction: float = 0.25) -> Path:
+    """Damage a checkpoint as a failing disk or a bad copy does, keeping every file's size: four
+    bytes at ``fraction`` of its largest array data file (``<step>/state/ocdbt.process_0/d/*``,
+    zstd-compressed chunks whose literals are stored as they are) become a float32 NaN. orbax
+    restores such a checkpoint without complaint; only the checksums see it. Returns the file."""
+    data = max((p for p in (Path(checkpoint) / "state").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    at = int(len(raw) * fraction)
+    raw[at:at + 4] = np.float32(np.nan).tobytes()
+    data.write_bytes(bytes(raw))
+    return data
