@@ -4,8 +4,10 @@ directory is created; none is silently accepted."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import orbax.checkpoint as ocp
 import pytest
 from training_helpers import ROOT, TINY, damage_array_bytes, subprocess_env, tiny_toy_config
 
@@ -31,7 +34,7 @@ def _rel(path: Path) -> str:
 def _main(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "main.py", TOY, *OVERRIDES, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
-                          env=subprocess_env(XLA_FLAGS="", SCORE_SDE_JAX_CACHE="off", **env))
+                          env=subprocess_env(**{"XLA_FLAGS": "", "SCORE_SDE_JAX_CACHE": "off", **env}))
 
 
 def _one_line(out: subprocess.CompletedProcess) -> str:
@@ -176,3 +179,85 @@ def test_sample_refuses_a_checkpoint_with_damaged_bytes(tmp_path):
     assert line.endswith("/checkpoints/0 is corrupt: the bytes of params_ema/Dense_1/kernel do not "
                          "match the checksum written with it" + HINT), line
     assert not (tmp_path / "samples").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system (tmpfs; needs root, as in containers), unmounted afterwards."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line(small_disk):
+    """Training on 8 devices onto a disk that fills up: orbax's thread tracebacks and its "Event
+    loop is closed" noise are silenced; the one line is the OS error, and no half-written
+    checkpoint folder is left behind."""
+    out = subprocess.run([sys.executable, "main.py", TOY, *OVERRIDES, "--config.training.n_iters=60",
+                          f"--workdir={_rel(small_disk / 'run')}", "--mode=train"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240,
+                         env=subprocess_env(SCORE_SDE_JAX_CACHE="off",
+                                            XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+    line = _one_line(out)
+    assert "Event loop is closed" not in out.stderr and "raised an exception" not in out.stderr
+    assert all(x.startswith(("INFO ", "WARNING ")) for x in out.stderr.splitlines()[:-1]), out.stderr
+    assert re.fullmatch(
+        r"main\.py: error: CheckpointWriteError: \[Errno 28\] No space left on device: the checkpoint "
+        rf"of step (10|15|20) cannot be written into {ROOT}/{re.escape(_rel(small_disk))}/run/"
+        r"checkpoints(-meta)? \(\d+\.\d kB free there\); make room and run the same command again: "
+        r"training resumes from the last complete checkpoint" + re.escape(HINT), line), line
+    assert not list(small_disk.rglob("*orbax-checkpoint-tmp*"))
+
+
+def test_a_failed_checkpoint_write_names_the_os_error_and_removes_its_folder(tmp_path, monkeypatch):
+    """As tensorstore reports a full disk (a ValueError with the OS error's code): the save
+    raises CheckpointWriteError (an OSError, errno 28) and removes its half-written folder."""
+    config = tiny_toy_config()
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    saver = checkpoints.Checkpointer(tmp_path)
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        real_save(self, step, *args, **kwargs)
+        os.rename(tmp_path / str(step), tmp_path / f"{step}.orbax-checkpoint-tmp")  # as if cut short
+        raise ValueError('RESOURCE_EXHAUSTED: Failed writing: "x": Failed to write 6418 bytes to '
+                         "file 9: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(OSError) as e:
+        saver.save(state, config)
+    assert isinstance(e.value, checkpoints.CheckpointWriteError) and e.value.errno == errno.ENOSPC
+    assert str(e.value).startswith(f"[Errno 28] No space left on device: the checkpoint of step 0 "
+                                   f"cannot be written into {tmp_path} (")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_checkpoint_without_its_metadata_file(tmp_path):
+    """A checkpoint folder that lost ``state/_METADATA``: training falls back to the previous
+    checkpoint with a warning; sampling refuses it in one line (no "Event loop is closed")."""
+    config = tiny_toy_config(**{"training.n_iters": 5})
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    snapshots, preempted = checkpoints.step_dirs(tmp_path)
+    for directory, step in ((snapshots, 5), (preempted, 8)):
+        saver = checkpoints.Checkpointer(directory)
+        saver.save(state.replace(step=jax.numpy.int32(step)), config)
+        saver.close()
+    (preempted / "8" / "state" / "_METADATA").unlink()
+    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = _main(f"--workdir={_rel(tmp_path)}", "--mode=sample", **eight)
+    line = _one_line(out)
+    assert "Event loop is closed" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+    assert line.endswith("/checkpoints-meta/8 is unreadable: its metadata cannot be read "
+                         "(FileNotFoundError: Metadata file (named _METADATA) does not exist at "
+                         f"{ROOT / _rel(preempted / '8' / 'state')}.)" + HINT), line
+    out = _main(f"--workdir={_rel(tmp_path)}", "--mode=train", "--config.training.n_iters=5", **eight)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "/checkpoints-meta/8 is unreadable" in out.stderr and "trying an older checkpoint" in out.stderr
+    assert "resuming from" in out.stderr and "/checkpoints/5 at step 5" in out.stderr
