@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from training_helpers import ROOT, TINY, damage_array_bytes, subprocess_env, tiny_toy_config
@@ -261,3 +262,44 @@ def test_a_checkpoint_without_its_metadata_file(tmp_path):
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert "/checkpoints-meta/8 is unreadable" in out.stderr and "trying an older checkpoint" in out.stderr
     assert "resuming from" in out.stderr and "/checkpoints/5 at step 5" in out.stderr
+
+
+def test_nan_images_to_encode_are_named_before_the_solver_runs(tmp_path):
+    config = tiny_toy_config()
+    saver = checkpoints.Checkpointer(checkpoints.step_dirs(tmp_path)[0])
+    saver.save(train_lib.create_train_state(config, jax.random.PRNGKey(0)), config)
+    saver.close()
+    points = np.zeros((4, 2), np.float32)
+    points[2, 1] = np.nan
+    np.save(tmp_path / "points.npy", points)
+    out = _main(f"--workdir={_rel(tmp_path)}", "--mode=encode", f"--images={_rel(tmp_path / 'points.npy')}")
+    assert _one_line(out) == (f"main.py: error: ValueError: image file {_rel(tmp_path / 'points.npy')} "
+                              "holds 1 non-finite value(s) (NaN or inf) of 8; images must be finite "
+                              "numbers" + HINT)
+    assert len(out.stderr.splitlines()) == 1, out.stderr  # nothing compiled or run before
+    assert not (tmp_path / "latents").exists()
+
+
+def test_eval_without_inception_weights_leaves_no_eval_folder(tmp_path):
+    """FID needs the Inception weights: their absence is one line before any work and before
+    ``eval/`` exists; weights that fail to load later leave no empty ``eval/`` either."""
+    run, digits = tmp_path / "run", "--config=configs/digits.py"
+
+    def evaluate(*args):
+        return subprocess.run([sys.executable, "main.py", digits, f"--workdir={_rel(run)}",
+                               "--mode=eval", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=subprocess_env(XLA_FLAGS="", SCORE_SDE_JAX_CACHE="off"))
+
+    line = _one_line(evaluate())
+    assert line.startswith("main.py: error: ValueError: config.eval.inception_path is not set. "
+                           "Download pytorch-fid's weights"), line
+    missing = _rel(tmp_path / "fid_inception.npz")
+    line = _one_line(evaluate(f"--config.eval.inception_path={missing}"))
+    assert line.startswith(f"main.py: error: FileNotFoundError: FID Inception weights not found at "
+                           f"'{missing}'"), line
+    assert not run.exists()
+    (run / "checkpoints" / "1000" / "state").mkdir(parents=True)  # a checkpoint's folder
+    (tmp_path / "fid_inception.npz").write_text("not an npz\n")
+    line = _one_line(evaluate(f"--config.eval.inception_path={missing}", "--config.eval.end_ckpt=1"))
+    assert line.startswith(f"main.py: error: ValueError: {missing} is not a readable .npz file"), line
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]

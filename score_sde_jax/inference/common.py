@@ -15,7 +15,8 @@ Inputs (images in [0, 1]: uint8 files are divided by 255), read by :func:`load_i
           (``data.dim`` = D), an ``.npz`` / ``.npy`` of (N, D) or (D,) points.
   mask    same formats; 1 (white) = known, 0 (black) = to inpaint, values > 0.5 count as 1;
           (H, W), (H, W, 1) or (H, W, C), per image or one for all; flat data: (D,) or (N, D).
-A shape that does not fit the model is a ValueError naming the file, its shape and the model's.
+A shape that does not fit the model, or a NaN / inf value, is a ValueError naming the file (read
+before any checkpoint is loaded or solver compiled).
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ def load_images(path: str | Path, config, convert_channels: bool = True) -> np.n
     ``convert_channels=False``: an image whose channel count is not the model's is an error
     (instead of RGB -> grey or grey -> RGB)."""
     a = files.to_unit(files.read_array(path, "image"))
+    bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+    if bad:  # the ODE solver would fail deep inside, or give NaN latents
+        raise ValueError(f"image file {path} holds {bad} non-finite value(s) (NaN or inf) of "
+                         f"{np.size(a)}; images must be finite numbers")
     shape = mutils.data_shape(config)
     if mutils.is_flat(config):
         a = a[None] if a.ndim == 1 else a
