@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 from training_helpers import ROOT, TINY, damage_array_bytes, subprocess_env, tiny_toy_config
 
-from score_sde_jax import checkpoints, preemption, sharding, train_lib
+from score_sde_jax import checkpoints, cli, inference, preemption, sharding, train_lib
 
 HINT = " (SCORE_SDE_JAX_TRACEBACK=1 shows the traceback)"
 TOY = "--config=configs/toy_gmm.py"
@@ -303,3 +304,38 @@ def test_eval_without_inception_weights_leaves_no_eval_folder(tmp_path):
     line = _one_line(evaluate(f"--config.eval.inception_path={missing}", "--config.eval.end_ckpt=1"))
     assert line.startswith(f"main.py: error: ValueError: {missing} is not a readable .npz file"), line
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
+
+
+def test_samples_that_cannot_fit_the_disk_are_refused_before_any_work(tmp_path, monkeypatch):
+    """2 MB free: 100 000 toy samples (about 4 MB of part files and .npz) are refused before
+    the checkpoint is read and before the output folder exists; 1 000 go ahead."""
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cli.shutil, "disk_usage",
+                        lambda path: usage._replace(free=2 * 1024 * 1024))
+
+    def load_model(*args, **kwargs):
+        raise RuntimeError("load_model was called")
+
+    monkeypatch.setattr(inference.common, "load_model", load_model)
+    config, out = tiny_toy_config(), tmp_path / "out"
+    with pytest.raises(cli.NotEnoughSpaceError) as e:
+        inference.sample(config, tmp_path, 100_000, out)
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value) == (f"[Errno 28] No space left on device: 100000 samples need about 4.1 MB in "
+                            f"{out}, but {tmp_path} has 2.0 MB free; draw fewer (--num_samples) or "
+                            "write them elsewhere (--sample_dir)")
+    assert not out.exists()
+    with pytest.raises(RuntimeError, match="load_model was called"):
+        inference.sample(config, tmp_path, 1_000, out)
+
+
+def test_samples_larger_than_a_small_disk_are_one_line(small_disk, tmp_path):
+    out = _rel(small_disk / "samples")
+    line = _one_line(_main(f"--workdir={_rel(tmp_path)}", "--mode=sample", "--num_samples=1000000",
+                           f"--sample_dir={out}"))
+    assert re.fullmatch(r"main\.py: error: NotEnoughSpaceError: \[Errno 28\] No space left on device: "
+                        rf"1000000 samples need about 31\.5 MB in {re.escape(out)}, but "
+                        rf"{re.escape(str(ROOT / _rel(small_disk)))} has 1\.0 MB free; draw fewer "
+                        r"\(--num_samples\) or write them elsewhere \(--sample_dir\)" + re.escape(HINT),
+                        line), line
+    assert not (small_disk / "samples").exists()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -96,11 +96,19 @@ def keyed(fn: Callable, n_weights: int) -> Callable:
 def run_batches(fn: Callable, model: Model, batches: list[np.ndarray], rng: jax.Array,
                 weights: tuple = (), arrays: tuple = (), what: str = "sampler",
                 unit: str = "batch") -> list:
+    """The outputs of :func:`iter_batches`, all batches in one list."""
+    return list(iter_batches(fn, model, batches, rng, weights, arrays, what, unit))
+
+
+def iter_batches(fn: Callable, model: Model, batches: list[np.ndarray], rng: jax.Array,
+                 weights: tuple = (), arrays: tuple = (), what: str = "sampler",
+                 unit: str = "batch") -> Iterator:
     """The ONE mesh loop: ``fn(*weights, rng, indices (B,), *rows)`` jitted over ``model.mesh``
     (weights and rng replicated, indices and the rows ``a[indices]`` of each of ``arrays``
-    sharded), run on every batch of ``batches``; returns each batch's outputs gathered to
-    NumPy on every process. ``weights`` are already replicated (``model.params``, ...). Scalar
-    outputs (a batch's NFE) are repeated per row, so that every output is sharded like the batch."""
+    sharded), run on every batch of ``batches``; yields each batch's outputs gathered to NumPy
+    on every process, one batch at a time (a caller that writes them out holds one batch).
+    ``weights`` are already replicated (``model.params``, ...). Scalar outputs (a batch's NFE)
+    are repeated per row, so that every output is sharded like the batch."""
     mesh, n_weights = model.mesh, len(weights) + 1
 
     def per_row(*args):
@@ -111,17 +119,15 @@ def run_batches(fn: Callable, model: Model, batches: list[np.ndarray], rng: jax.
     jitted = logging_utils.announce_compile(
         sharding.jit_batch(per_row, mesh, n_weights, 1 + len(arrays)),
         f"{what} (batches of {len(batches[0]) if batches else 0})")
-    out = []
     progress = logging_utils.Progress(0, len(batches), desc=what.split(" ")[0], unit=unit)
     try:
         for i, idx in enumerate(batches):
             result = jitted(*weights, rng, sharding.global_array(idx, mesh),
                             *(sharding.global_array(np.asarray(a)[idx], mesh) for a in arrays))
-            out.append(jax.tree_util.tree_map(sharding.gather, result))
+            yield jax.tree_util.tree_map(sharding.gather, result)
             progress.update(i + 1)
     finally:
         progress.close()
-    return out
 
 
 # ----------------------------------------------------------------------------- the writer
