@@ -135,16 +135,23 @@ def test_damaged_array_bytes_are_named_and_training_falls_back(tmp_path, state, 
     checkpoints.Checkpointer(snapshots).save(_changed(state, 5), config)
     checkpoints.Checkpointer(preemption).save(_changed(state, 8), config)
     sizes = {p: p.stat().st_size for p in (preemption / "8").rglob("*") if p.is_file()}
-    damage_array_bytes(preemption / "8")
-    assert {p: p.stat().st_size for p in sizes} == sizes
-    with monkeypatch.context() as m:  # what orbax alone gives: no error, different numbers
-        m.setattr(store, "_verify", lambda path, restored: None)
-        silent = checkpoints.restore(preemption, state)
     want = traverse_util.flatten_dict(serialization.to_state_dict(_changed(state, 8)), sep="/")
-    got = traverse_util.flatten_dict(serialization.to_state_dict(silent), sep="/")
-    differ = [k for k in want if not np.array_equal(np.asarray(got[k]), np.asarray(want[k]),
-                                                    equal_nan=True)]
-    assert differ, "the damage did not change any array: choose another place in the file"
+    differ = []
+
+    def silent_damage() -> bool:  # what orbax alone gives: no error, different numbers
+        with monkeypatch.context() as m:
+            m.setattr(store, "_verify", lambda path, restored: None)
+            try:
+                silent = checkpoints.restore(preemption, state)
+            except checkpoints.CorruptCheckpointError:
+                return False  # orbax saw this one itself
+        got = traverse_util.flatten_dict(serialization.to_state_dict(silent), sep="/")
+        differ[:] = [k for k in want if not np.array_equal(np.asarray(got[k]), np.asarray(want[k]),
+                                                           equal_nan=True)]
+        return bool(differ)
+
+    damage_array_bytes(preemption / "8", silent_damage)
+    assert {p: p.stat().st_size for p in sizes} == sizes
     with pytest.raises(checkpoints.CorruptCheckpointError) as e:
         checkpoints.restore(preemption, state)
     named = re.fullmatch(rf"checkpoint {re.escape(str(preemption / '8'))} is corrupt: the bytes of "

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -81,12 +82,22 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+def _remove_settled(folder: Path, quiet_checks: int = 3, timeout_s: float = 3.0) -> None:
+    """Remove ``folder`` until it stays gone for ``quiet_checks`` checks 0.1 s apart: orbax's
+    worker threads may still create files in it for a moment after the save failed."""
+    deadline, quiet = time.monotonic() + timeout_s, 0
+    while quiet < quiet_checks and time.monotonic() < deadline:
+        quiet = quiet + 1 if not folder.exists() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(0.1)
+
+
 def save_error(e: BaseException, directory: Path, step: int) -> BaseException:
     """The error to raise for a failed save of ``directory/<step>``: a CheckpointWriteError
     with the OS error's errno when there is one (else ``e`` itself). Removes the save's own
     ``<step>.orbax-checkpoint-tmp`` folder first (process 0)."""
     if jax.process_index() == 0:
-        shutil.rmtree(directory / f"{step}.orbax-checkpoint-tmp", ignore_errors=True)
+        _remove_settled(directory / f"{step}.orbax-checkpoint-tmp")
     code = _errno(e)
     if code is None:
         return e
