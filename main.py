@@ -178,7 +178,7 @@ def _wrote(paths: dict) -> str:
 
     written = [str(p) for p in paths.values() if p is not None]
     with np.load(paths["npz"]) as data:
-        count = len(data["samples"])
+        count = len(data["seeds" if "seeds" in data.files else "samples"])  # not all samples
         nfe = sorted({int(n) for n in np.ravel(data["nfe"])}) if "nfe" in data.files else []
     what = f"{count} samples" + (f", {'/'.join(map(str, nfe))} NFE per batch" if nfe else "")
     return f"wrote {' and '.join(written)}: {what}"

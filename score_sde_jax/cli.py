@@ -20,6 +20,7 @@ import errno
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -31,12 +32,17 @@ TRACEBACK_ENV = "SCORE_SDE_JAX_TRACEBACK"
 CACHE_ENV = "SCORE_SDE_JAX_CACHE"
 _OFF = ("", "0", "off", "none", "false", "no")
 
+class NotEnoughSpaceError(OSError):
+    """A run's output would not fit the free space of its disk (refused before any work)."""
+
+
 # Failures caused by the user's input, reported in one line; anything else is a bug and keeps
 # its traceback. Most exceptions of this package derive from these (DatasetNotPreparedError is a
 # FileNotFoundError); a CLI adds its own (checkpoints.CheckpointError) with ``expected``.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, KeyError, AttributeError, FileNotFoundError, IsADirectoryError,
-    NotADirectoryError, PermissionError, ImportError, SyntaxError, zipfile.BadZipFile)
+    NotADirectoryError, PermissionError, ImportError, SyntaxError, zipfile.BadZipFile,
+    NotEnoughSpaceError)
 
 T = TypeVar("T")
 
@@ -108,6 +114,26 @@ def check_run_dirs(workdir: str, output: str, flag: str = "--workdir") -> None:
         why = "" if e.errno == errno.ENOENT or not e.strerror else f" ({e.strerror})"
         raise PermissionError(f"cannot write into {output}: {existing} is not "
                               f"writable{why}") from e
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def check_free_space(output: str | os.PathLike, needed: int, what: str, hint: str = "") -> None:
+    """NotEnoughSpaceError (errno ENOSPC) when ``needed`` bytes (``what``) exceed the free space
+    of the disk of ``output`` (``shutil.disk_usage`` of its nearest existing folder)."""
+    target = Path(output).expanduser().absolute()
+    existing = next((p for p in (target, *target.parents) if p.is_dir()), Path(target.anchor))
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise NotEnoughSpaceError(errno.ENOSPC, f"No space left on device: {what} need about "
+                                  f"{_size(needed)} in {output}, but {existing} has "
+                                  f"{_size(free)} free{hint}")
 
 
 def default_cache_dir() -> Path | None:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GRID_MAX, SCATTER_MAX = 1024, 10_000  # samples drawn in the PNG of a streamed write (the first ones)
 ARRAY_SUFFIXES = (".npz", ".npy")
 _NPZ_KEYS = ("image", "images", "x", "data", "mask")
 
@@ -328,3 +329,53 @@ def write_samples(stem: str | Path, x: np.ndarray, title: str = "samples", nrow:
         npz = savez_atomic(stem.with_suffix(".npz"), samples=to_uint8(x), samples_float=x, **extra)
         png = save_image_grid(np.clip(x, 0.0, 1.0), png, nrow=nrow)
     return {"npz": npz, "png": png}
+
+
+def _npy_into(zf: zipfile.ZipFile, name: str, dtype, shape: tuple, chunks: Iterable[np.ndarray]) -> None:
+    """``name.npy`` of ``shape`` written into an open zip from C-ordered row chunks."""
+    dtype, rows = np.dtype(dtype), 0
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk, dtype)
+            rows += len(chunk)
+            f.write(chunk.tobytes())
+    if rows != shape[0]:
+        raise ValueError(f"{name}: {rows} rows were written for a shape {shape}")
+
+
+def write_samples_stream(stem: str | Path, chunks: Callable[[], Iterable[np.ndarray]], n: int,
+                         title: str = "samples", **extra: np.ndarray) -> dict[str, Path | None]:
+    """:func:`write_samples` of ``n`` samples given as row chunks, never all in memory: every
+    call of ``chunks()`` yields the samples (data space, float32) in order, chunk by chunk; the
+    ``.npz`` (the same arrays as :func:`write_samples`) is streamed into a zip of ``.npy`` files
+    (written atomically, as :func:`savez_atomic`). The PNG shows the first :data:`GRID_MAX`
+    images, or scatters the first :data:`SCATTER_MAX` 2-D points."""
+    stem = Path(stem)
+    npz, first = stem.with_suffix(".npz"), next(iter(chunks()), None)
+    if first is None:
+        raise ValueError("write_samples_stream needs at least one sample")
+    shape, images = (int(n), *np.shape(first)[1:]), np.ndim(first) == 4
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    tmp = npz.with_name(f".{npz.name}.tmp{os.getpid()}")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        if images:
+            _npy_into(zf, "samples", np.uint8, shape, (to_uint8(c) for c in chunks()))
+            _npy_into(zf, "samples_float", np.float32, shape, chunks())
+        else:
+            _npy_into(zf, "samples", np.float32, shape, chunks())
+        for name, value in extra.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value))
+    os.replace(tmp, npz)
+    limit, shown, got = GRID_MAX if images else SCATTER_MAX, [], 0
+    for chunk in chunks():
+        shown.append(np.asarray(chunk, np.float32)[:limit - got])
+        got += len(shown[-1])
+        if got >= limit:
+            break
+    x, png = np.concatenate(shown), stem.with_suffix(".png")
+    if images:
+        return {"npz": npz, "png": save_image_grid(np.clip(x, 0.0, 1.0), png)}
+    return {"npz": npz, "png": save_scatter(x, png, title) if x.shape[1] == 2 else None}

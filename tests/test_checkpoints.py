@@ -3,14 +3,17 @@ fallback to an older checkpoint when the newest is unreadable or incomplete. (Ki
 during training: tests/test_preemption.py.)"""
 
 import os
+import re
 import shutil
 
 import jax
 import numpy as np
 import pytest
-from training_helpers import max_abs_diff, tiny_toy_config
+from flax import serialization, traverse_util
+from training_helpers import damage_array_bytes, max_abs_diff, tiny_toy_config
 
 from score_sde_jax import checkpoints, run_lib, train_lib
+from score_sde_jax.checkpoints import store
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +125,40 @@ def test_relative_paths_and_incomplete_folders_fall_back_to_the_newest_complete(
     ckpt.save(_changed(state, 999))
     ckpt.close()
     assert checkpoints.all_steps("run/checkpoints") == [5, 999]
+
+
+def test_damaged_array_bytes_are_named_and_training_falls_back(tmp_path, state, monkeypatch, caplog):
+    """Bytes damaged in place (same file size) restore silently without the checksums; with
+    them the restore names the array, and a resume falls back to the previous checkpoint."""
+    config = tiny_toy_config(**{"training.n_iters": 5})
+    snapshots, preemption = checkpoints.step_dirs(tmp_path)
+    checkpoints.Checkpointer(snapshots).save(_changed(state, 5), config)
+    checkpoints.Checkpointer(preemption).save(_changed(state, 8), config)
+    sizes = {p: p.stat().st_size for p in (preemption / "8").rglob("*") if p.is_file()}
+    want = traverse_util.flatten_dict(serialization.to_state_dict(_changed(state, 8)), sep="/")
+    differ = []
+
+    def silent_damage() -> bool:  # what orbax alone gives: no error, different numbers
+        with monkeypatch.context() as m:
+            m.setattr(store, "_verify", lambda path, restored: None)
+            try:
+                silent = checkpoints.restore(preemption, state)
+            except checkpoints.CorruptCheckpointError:
+                return False  # orbax saw this one itself
+        got = traverse_util.flatten_dict(serialization.to_state_dict(silent), sep="/")
+        differ[:] = [k for k in want if not np.array_equal(np.asarray(got[k]), np.asarray(want[k]),
+                                                           equal_nan=True)]
+        return bool(differ)
+
+    damage_array_bytes(preemption / "8", silent_damage)
+    assert {p: p.stat().st_size for p in sizes} == sizes
+    with pytest.raises(checkpoints.CorruptCheckpointError) as e:
+        checkpoints.restore(preemption, state)
+    named = re.fullmatch(rf"checkpoint {re.escape(str(preemption / '8'))} is corrupt: the bytes of "
+                         r"(\S+) do not match the checksum written with it", str(e.value))
+    assert named and named.group(1) in differ, str(e.value)
+    with caplog.at_level("WARNING"):
+        resumed = run_lib.train(config, str(tmp_path))  # already at n_iters: nothing to run
+    assert int(resumed.step) == 5
+    assert max_abs_diff(resumed.params, _changed(state, 5).params) == 0.0
+    assert f"{e.value}; trying an older checkpoint" in caplog.text

@@ -5,6 +5,7 @@ from score_sde_jax.checkpoints.errors import (  # noqa: F401
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    CheckpointWriteError,
     CorruptCheckpointError,
 )
 from score_sde_jax.checkpoints.official import (  # noqa: F401

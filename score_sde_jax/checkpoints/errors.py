@@ -18,3 +18,15 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 class CorruptCheckpointError(CheckpointError):
     """The checkpoint's files cannot be read."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint cannot be written (a full disk, a quota, an I/O error): an OSError with the
+    real errno; the message names the step, the folder and the space left there."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code, message)
+        self.errno, self.strerror = code, message
+
+    def __str__(self) -> str:
+        return f"[Errno {self.errno}] {self.strerror}"

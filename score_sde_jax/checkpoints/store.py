@@ -52,6 +52,7 @@ from score_sde_jax.checkpoints.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
 )
+from score_sde_jax.checkpoints.faults import quiet_orbax, save_error
 from score_sde_jax.models import utils as mutils
 
 SNAPSHOT_DIR = "checkpoints"
@@ -134,6 +135,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = None):
         self.directory = Path(directory).absolute()
+        quiet_orbax()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
             cleanup_tmp_directories=True)
@@ -149,9 +151,15 @@ class Checkpointer:
         tree = jax.tree_util.tree_map(_host_copy, serialization.to_state_dict(state))
         meta = {"step": step, "config": _config_json(config), "checksums": checksums(tree)}
         self._remove(step)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(tree), meta=_MetaSave(meta)), force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=_MetaSave(meta)), force=True)
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 -- a full disk: one named OSError (faults.py)
+            error = save_error(e, self.directory, step)
+            if error is e:
+                raise
+            raise error from e
         _pause("after", step, self.directory.name)
         return self.directory / str(step)
 
@@ -279,6 +287,7 @@ def _restore_tree(directory: Path, step: int, template: dict, config, partial: b
     if not path.is_dir():
         raise CheckpointNotFoundError(f"no checkpoint {path.parent} (steps in {directory}: "
                                       f"{all_steps(directory)})")
+    quiet_orbax()
     handler = ocp.PyTreeCheckpointHandler()
     try:
         saved = handler.metadata(epath.Path(path))

@@ -331,14 +331,23 @@ _HOW_TO_GET_WEIGHTS = (
 )
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a pytorch-fid state_dict from a ``.pth`` (needs torch) or ``.npz`` file."""
+def weights_file(path: str | Path | None) -> Path:
+    """``path`` checked to name an existing ``.pth`` / ``.npz`` file (nothing is read: cheap
+    enough to run before any work); a ValueError / FileNotFoundError saying how to get it."""
+    if not path:
+        raise ValueError(f"config.eval.inception_path is not set. {_HOW_TO_GET_WEIGHTS}")
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights not found at '{path}' "
                                 f"(config.eval.inception_path). {_HOW_TO_GET_WEIGHTS}")
     if path.suffix not in (".npz", ".pth", ".pt"):
         raise ValueError(f"'{path}': expected a .pth or .npz FID Inception state_dict")
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a pytorch-fid state_dict from a ``.pth`` (needs torch) or ``.npz`` file."""
+    path = weights_file(path)
     return read_state_dict(path, hint="; or convert it to .npz on a machine with torch: python -m "
                            f"score_sde_jax.evaluation.inception convert {path.name} fid_inception.npz")
 
@@ -350,10 +359,7 @@ def load_inception_params(path: str | Path) -> dict:
 
 def load_inception_from_config(config) -> dict:
     """Load the FID Inception variables named by ``config.eval.inception_path``."""
-    path = config.eval.get("inception_path", None) if "eval" in config else None
-    if not path:
-        raise ValueError(f"config.eval.inception_path is not set. {_HOW_TO_GET_WEIGHTS}")
-    return load_inception_params(path)
+    return load_inception_params(weights_file(config.eval.get("inception_path", None)))
 
 
 def convert_to_npz(src: str | Path, dst: str | Path) -> None:

@@ -118,12 +118,20 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval",
     ``{checkpoint index: {metric: value}}`` (on process 0; the others get partial results) and
     prints their table (process 0)."""
     eval_dir = Path(workdir) / eval_folder
-    eval_dir.mkdir(parents=True, exist_ok=True)
     ev = config.eval
     if ev.enable_bpd and str(ev.bpd_dataset).lower() not in ("train", "test"):
         raise ValueError(f"config.eval.bpd_dataset={ev.bpd_dataset!r} must be 'train' or 'test'")
+    if ev.enable_sampling and not mutils.is_flat(config):  # FID / IS / KID need the weights
+        inception_lib.weights_file(ev.get("inception_path", ""))
     steps = checkpoint_steps(config, workdir)  # fails before any work when there are none
-    ctx = _context(config, mesh, eval_dir)
+    created = not eval_dir.exists()
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ctx = _context(config, mesh, eval_dir)
+    except BaseException:  # a refused run (no data, bad weights, Ctrl-C) leaves no empty folder
+        if created and jax.process_index() == 0 and not any(eval_dir.iterdir()):
+            eval_dir.rmdir()
+        raise
     logging.info("evaluating %d checkpoint(s) on %d device(s), %d process(es), global batch %d",
                  len(steps), ctx.mesh.devices.size, jax.process_count(), ctx.batch)
     results = {}

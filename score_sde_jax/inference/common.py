@@ -15,14 +15,15 @@ Inputs (images in [0, 1]: uint8 files are divided by 255), read by :func:`load_i
           (``data.dim`` = D), an ``.npz`` / ``.npy`` of (N, D) or (D,) points.
   mask    same formats; 1 (white) = known, 0 (black) = to inpaint, values > 0.5 count as 1;
           (H, W), (H, W, 1) or (H, W, C), per image or one for all; flat data: (D,) or (N, D).
-A shape that does not fit the model is a ValueError naming the file, its shape and the model's.
+A shape that does not fit the model, or a NaN / inf value, is a ValueError naming the file (read
+before any checkpoint is loaded or solver compiled).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -95,11 +96,19 @@ def keyed(fn: Callable, n_weights: int) -> Callable:
 def run_batches(fn: Callable, model: Model, batches: list[np.ndarray], rng: jax.Array,
                 weights: tuple = (), arrays: tuple = (), what: str = "sampler",
                 unit: str = "batch") -> list:
+    """The outputs of :func:`iter_batches`, all batches in one list."""
+    return list(iter_batches(fn, model, batches, rng, weights, arrays, what, unit))
+
+
+def iter_batches(fn: Callable, model: Model, batches: list[np.ndarray], rng: jax.Array,
+                 weights: tuple = (), arrays: tuple = (), what: str = "sampler",
+                 unit: str = "batch") -> Iterator:
     """The ONE mesh loop: ``fn(*weights, rng, indices (B,), *rows)`` jitted over ``model.mesh``
     (weights and rng replicated, indices and the rows ``a[indices]`` of each of ``arrays``
-    sharded), run on every batch of ``batches``; returns each batch's outputs gathered to
-    NumPy on every process. ``weights`` are already replicated (``model.params``, ...). Scalar
-    outputs (a batch's NFE) are repeated per row, so that every output is sharded like the batch."""
+    sharded), run on every batch of ``batches``; yields each batch's outputs gathered to NumPy
+    on every process, one batch at a time (a caller that writes them out holds one batch).
+    ``weights`` are already replicated (``model.params``, ...). Scalar outputs (a batch's NFE)
+    are repeated per row, so that every output is sharded like the batch."""
     mesh, n_weights = model.mesh, len(weights) + 1
 
     def per_row(*args):
@@ -110,17 +119,15 @@ def run_batches(fn: Callable, model: Model, batches: list[np.ndarray], rng: jax.
     jitted = logging_utils.announce_compile(
         sharding.jit_batch(per_row, mesh, n_weights, 1 + len(arrays)),
         f"{what} (batches of {len(batches[0]) if batches else 0})")
-    out = []
     progress = logging_utils.Progress(0, len(batches), desc=what.split(" ")[0], unit=unit)
     try:
         for i, idx in enumerate(batches):
             result = jitted(*weights, rng, sharding.global_array(idx, mesh),
                             *(sharding.global_array(np.asarray(a)[idx], mesh) for a in arrays))
-            out.append(jax.tree_util.tree_map(sharding.gather, result))
+            yield jax.tree_util.tree_map(sharding.gather, result)
             progress.update(i + 1)
     finally:
         progress.close()
-    return out
 
 
 # ----------------------------------------------------------------------------- the writer
@@ -163,6 +170,10 @@ def load_images(path: str | Path, config, convert_channels: bool = True) -> np.n
     ``convert_channels=False``: an image whose channel count is not the model's is an error
     (instead of RGB -> grey or grey -> RGB)."""
     a = files.to_unit(files.read_array(path, "image"))
+    bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+    if bad:  # the ODE solver would fail deep inside, or give NaN latents
+        raise ValueError(f"image file {path} holds {bad} non-finite value(s) (NaN or inf) of "
+                         f"{np.size(a)}; images must be finite numbers")
     shape = mutils.data_shape(config)
     if mutils.is_flat(config):
         a = a[None] if a.ndim == 1 else a
