@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from score_sde_jax.convert import check_out
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NPZ = HERE / "data" / "ncsnpp_ve_continuous_small.npz"
@@ -39,7 +41,7 @@ def folder(tmp_path):
     return tmp_path
 
 
-def test_convert_refuses_to_delete_and_overwrites_only_its_own_output(folder):
+def test_convert_refuses_to_delete_and_overwrites_only_its_own_output(folder, monkeypatch):
     first = convert(folder, "--out", "converted")
     assert first.returncode == 0, first.stderr
     assert "wrote converted:" in first.stdout and (folder / "converted").is_dir()
@@ -51,9 +53,13 @@ def test_convert_refuses_to_delete_and_overwrites_only_its_own_output(folder):
     # Never the current folder, an empty path, or a folder of someone else's files.
     (folder / "runs" / "mywork").mkdir(parents=True)
     (folder / "runs" / "mywork" / "keep.txt").write_text("keep")
-    for out in (".", "", "runs/mywork"):
-        bad = convert(folder, "--out", out, "--overwrite")
-        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, (out, bad.stderr)
+    bad = convert(folder, "--out", "runs/mywork", "--overwrite")
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "not an orbax checkpoint written by this command" in bad.stderr
+    monkeypatch.chdir(folder)  # the check main() runs first, for the current folder itself
+    for out in (".", "", "./"):
+        with pytest.raises(ValueError, match="would write over the current folder"):
+            check_out(out, overwrite=True)
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "small.py").is_file()
     assert (folder / "runs" / "mywork" / "keep.txt").read_text() == "keep"
     # --workdir: the checkpoint of the same step in a trained run is never replaced.
