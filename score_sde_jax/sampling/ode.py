@@ -30,6 +30,18 @@ def _pf_vector_field(sde: sde_lib.SDE, score_fn: ScoreFn) -> Callable[[Array, Ar
     return vf
 
 
+def _solve_each(vf, x: Array, t0: float, t1: float, rtol: float, atol: float, solver: str,
+                max_steps: int) -> tuple[Array, Array]:
+    """:func:`solve_ode` of each sample of x (B, *D) on its own (``vmap`` of batch-of-one
+    solves): (x(t1) (B, *D), nfe (B,))."""
+
+    def one(xi: Array) -> tuple[Array, Array]:
+        y, nfe = solve_ode(vf, xi[None], t0, t1, rtol, atol, solver, max_steps)
+        return y[0], nfe
+
+    return jax.vmap(one)(x)
+
+
 def get_ode_sampler(
     sde: sde_lib.SDE,
     shape: tuple[int, ...],
@@ -60,14 +72,8 @@ def get_ode_sampler(
         score_fn = sde_lib.check_score_fn(score_fn)
         x = temperature * sde.prior_sampling(rng, shape) if z is None else z
         vf = _pf_vector_field(sde, score_fn)
-        if per_sample:
-            def one(xi: Array) -> tuple[Array, Array]:
-                y, n = solve_ode(vf, xi[None], sde.T, eps, rtol, atol, solver, max_steps)
-                return y[0], n
-
-            x, nfe = jax.vmap(one)(x)
-        else:
-            x, nfe = solve_ode(vf, x, sde.T, eps, rtol, atol, solver, max_steps)
+        solve = _solve_each if per_sample else solve_ode
+        x, nfe = solve(vf, x, sde.T, eps, rtol, atol, solver, max_steps)
         if denoise:
             _, x = reverse_diffusion(rng, x, jnp.full((shape[0],), eps), score_fn, sde,
                                      sde.reverse(score_fn, probability_flow=False))
@@ -108,11 +114,6 @@ def get_ode_encoder(
         if tuple(x.shape) != shape:
             raise ValueError(f"x has shape {tuple(x.shape)}, the encoder was built for shape {shape}")
         vf = _pf_vector_field(sde, sde_lib.check_score_fn(score_fn))
-
-        def one(xi: Array) -> tuple[Array, Array]:
-            z, nfe = solve_ode(vf, xi[None], eps, sde.T, rtol, atol, solver, max_steps)
-            return z[0], nfe
-
-        return jax.vmap(one)(x)
+        return _solve_each(vf, x, eps, sde.T, rtol, atol, solver, max_steps)
 
     return encode
