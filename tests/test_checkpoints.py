@@ -162,3 +162,21 @@ def test_damaged_array_bytes_are_named_and_training_falls_back(tmp_path, state, 
     assert int(resumed.step) == 5
     assert max_abs_diff(resumed.params, _changed(state, 5).params) == 0.0
     assert f"{e.value}; trying an older checkpoint" in caplog.text
+
+
+def test_a_truncated_array_file_is_one_readable_warning(tmp_path, state, caplog):
+    """A data file cut short: the fallback's warning names the checkpoint in one line, without
+    TensorStore's spec (a pybind repr) that the raw error carries."""
+    config = tiny_toy_config(**{"training.n_iters": 5})
+    snapshots, preemption = checkpoints.step_dirs(tmp_path)
+    checkpoints.Checkpointer(snapshots).save(_changed(state, 5), config)
+    checkpoints.Checkpointer(preemption).save(_changed(state, 8), config)
+    data = max((p for p in (preemption / "8" / "state").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        restored, path = checkpoints.restore_latest(tmp_path, state, config)
+    assert path == snapshots / "5" and int(restored.step) == 5
+    warning = next(r.getMessage() for r in caplog.records if "unreadable" in r.getMessage())
+    assert warning.startswith(f"checkpoint {preemption / '8'} is unreadable (")
+    assert "pybind" not in warning and "TensorStore(" not in warning and "\n" not in warning

@@ -39,13 +39,19 @@ class _OrbaxThreadErrors(logging.Filter):
 
 
 def _is_closed_loop_noise(unraisable) -> bool:
+    """"Event loop is closed" after a failed save, or the duplicate of a read error left in an
+    orbax coroutine that the failed restore abandoned (the error itself reaches the caller)."""
     value = getattr(unraisable, "exc_value", None)
-    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+        return True
+    code = getattr(getattr(unraisable, "object", None), "cr_code", None)
+    return code is not None and _ORBAX in code.co_filename
 
 
 def quiet_orbax() -> None:
-    """Silence orbax's duplicate thread errors and its late "Event loop is closed" tracebacks
-    (idempotent; every other log record and unraisable exception is shown as before)."""
+    """Silence orbax's duplicate thread errors, its late "Event loop is closed" tracebacks and
+    the errors of the coroutines a failed restore abandons (idempotent; every other log record
+    and unraisable exception is shown as before)."""
     global _installed
     if _installed:
         return

@@ -223,8 +223,9 @@ def read_meta(directory: str | os.PathLike, step: int) -> dict:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else ""
+    """The first line of an error, without TensorStore's appended spec (a pybind repr)."""
+    text = str(e).split("See full TensorStore details")[0].strip().splitlines()
+    return text[0][:300].rstrip(". ") if text else ""
 
 
 def _flat(tree: Mapping) -> dict[str, Any]:
