@@ -224,8 +224,11 @@ def read_meta(directory: str | os.PathLike, step: int) -> dict:
 
 def _first_line(e: BaseException) -> str:
     """The first line of an error, without TensorStore's appended spec (a pybind repr)."""
-    text = str(e).split("See full TensorStore details")[0].strip().splitlines()
-    return text[0][:300].rstrip(". ") if text else ""
+    text, spec = str(e), "See full TensorStore details"
+    if spec in text:
+        text = text.split(spec)[0].strip().rstrip(".")
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def _flat(tree: Mapping) -> dict[str, Any]:
