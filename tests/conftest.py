@@ -24,15 +24,18 @@ def x64():
 
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory):
-    """THE trained digits model of the suite: the embedded default (configs/digits.py) trained
-    as ``make demo`` trains it (``demos.train.digits_config``, 600 of the demo's 800 steps, one
-    device), once per test session -- tests that use it carry
-    ``@pytest.mark.xdist_group("trained_digits")`` so that one worker trains it (the Makefile
-    runs pytest with ``--dist loadgroup``). Returns (config, work directory, EMA parameters)."""
+    """THE trained digits model of the suite: the embedded default in its label-conditional form
+    (configs/digits_cfg.py: configs/digits.py's DDPM++ with a class embedding of the 10 digits
+    and the null label, label dropout 0.1) trained as ``make demo`` trains configs/digits.py
+    (``demos.train.digits_config``, 600 of the demo's 800 steps, one device), once per test
+    session -- tests that use it carry ``@pytest.mark.xdist_group("trained_digits")`` so that
+    one worker trains it (the Makefile runs pytest with ``--dist loadgroup``). With the null
+    label it is the unconditional model (test_demos_train.py), with a class label the
+    conditional one (test_guidance.py). Returns (config, work directory, EMA parameters)."""
     from score_sde_jax import run_lib, sharding
     from score_sde_jax.demos import train as demo_train
 
-    config = demo_train.digits_config(600)  # 300 gave the ODE samplers saturated noise
+    config = demo_train.digits_config(600, "digits_cfg")  # 300 gave the ODE samplers saturated noise
     config.model.num_scales = 100  # Euler-Maruyama steps of the PC sampler
     config.data.prefetch = 0
     workdir = tmp_path_factory.mktemp("trained_digits")

@@ -3,9 +3,10 @@
 The probability-flow samplers (ode, heun, dpm_solver) start at σ̃ = std/m ≈ 150, where a
 per-pixel bias b of the network's noise prediction shifts the data prediction by σ̃ b, so they
 need a better trained network than the PC sampler (whose noise forgets such errors): the
-300-step demo model gave them saturated noise. configs/digits.py, trained here as `make demo`
-trains it (600 of the demo's 800 steps), must give deterministic samples as close to the test
-digits as PC's. The probability-flow samplers here are the two few-step ones (Heun, DPM-Solver);
+300-step demo model gave them saturated noise. The suite's trained digits model
+(conftest.trained_digits: configs/digits.py's network in its label-conditional form, trained as
+`make demo` trains it, 600 of the demo's 800 steps), sampled unconditionally (the null label),
+must give deterministic samples as close to the test digits as PC's. The probability-flow samplers here are the two few-step ones (Heun, DPM-Solver);
 the adaptive ODE sampler (~500 NFE on this model, the costliest) is measured by ``make demo``
 and checked on the exact score below.
 """

@@ -166,10 +166,11 @@ def toy(workdir: Path, steps: int, n: int = 1000) -> dict[str, float]:
     return res
 
 
-def digits_config(steps: int):
-    """configs/digits.py as the demo trains it: ``steps`` updates, 3 snapshots, and 250
-    Euler-Maruyama steps for the PC sampler (paper: 1000)."""
-    config = _config("digits", steps, snapshots=3)
+def digits_config(steps: int, name: str = "digits"):
+    """configs/{name}.py (digits.py, or digits_cfg.py: its label-conditional form) as the demo
+    trains it: ``steps`` updates, 3 snapshots, and 250 Euler-Maruyama steps for the PC sampler
+    (paper: 1000)."""
+    config = _config(name, steps, snapshots=3)
     config.model.num_scales = 250
     return config
 
