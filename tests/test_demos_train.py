@@ -6,9 +6,9 @@ need a better trained network than the PC sampler (whose noise forgets such erro
 300-step demo model gave them saturated noise. The suite's trained digits model
 (conftest.trained_digits: configs/digits.py's network in its label-conditional form, trained as
 `make demo` trains it, 600 of the demo's 800 steps), sampled unconditionally (the null label),
-must give deterministic samples as close to the test digits as PC's. The probability-flow samplers here are the two few-step ones (Heun, DPM-Solver);
-the adaptive ODE sampler (~500 NFE on this model, the costliest) is measured by ``make demo``
-and checked on the exact score below.
+must give deterministic samples as close to the test digits as PC's. The probability-flow
+samplers here are the two few-step ones (Heun, DPM-Solver); the adaptive ODE sampler (~500 NFE
+on this model, the costliest) is measured by ``make demo`` and checked on the exact score below.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ from score_sde_jax import analytic, sampling, sde_lib
 from score_sde_jax.demos import train as demo_train
 
 N = 100  # samples per sampler
+
+
+@pytest.mark.xdist_group("trained_digits")
+def test_the_trained_digits_tests_share_one_worker(request):
+    """``make test`` runs pytest-xdist with ``--dist loadgroup`` so that the tests of the
+    trained digits model (this group) run on one worker, which trains it once. pytest-xdist
+    marks a grouped test by its node id; with pytest 9.2 that mark no longer took (setup.cfg
+    keeps pytest < 9.2), and the model was trained on both workers."""
+    if not request.config.getvalue("loadgroup"):
+        pytest.skip("not run by pytest-xdist with --dist loadgroup")
+    assert request.node.nodeid.endswith("@trained_digits"), request.node.nodeid
 
 
 @pytest.mark.xdist_group("trained_digits")

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from training_helpers import compile_unoptimized
 
 from score_sde_jax import checkpoints
 from score_sde_jax.cli import load_config
@@ -53,9 +54,10 @@ def test_official_pytorch_output(name):
     config, state, ref = parity_case(name)
     variables = checkpoints.from_official_pytorch(state, config)
     assert count(jax.tree_util.tree_map(np.shape, variables)) == ref["num_params"]
-    apply = jax.jit(get_model(config).apply, static_argnames="train")
-    y = apply(variables, jnp.asarray(state["__input_nhwc"]), jnp.asarray(state["__labels"]),
-              train=False)
+    x, labels = jnp.asarray(state["__input_nhwc"]), jnp.asarray(state["__labels"])
+    model = get_model(config)
+    y = compile_unoptimized(lambda v, x, y: model.apply(v, x, y, train=False), variables, x,
+                            labels)(variables, x, labels)
     want = state["__output_nhwc"]
     assert y.shape == want.shape
     assert np.linalg.norm(y - want) / np.linalg.norm(want) < 1e-4
@@ -128,14 +130,15 @@ def test_option_combinations_run(progressive, progressive_input, resblock, fir):
     model = get_model(config)
     shapes, _ = checkpoints.model_template(config)
     variables = random_variables(shapes)  # no zero-initialised output convolutions
-    apply = jax.jit(model.apply, static_argnames="train")
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
     sigmas = jnp.array([0.5, 3.0])
-    y = apply(variables, x, sigmas, train=False)
+    forward = compile_unoptimized(lambda v, x, s: model.apply(v, x, s, train=False), variables, x,
+                                  sigmas)
+    y = forward(variables, x, sigmas)
     assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
     assert float(jnp.abs(y).max()) > 0
     # Samples are processed independently of each other.
-    y_swapped = apply(variables, x[::-1], sigmas[::-1], train=False)
+    y_swapped = forward(variables, x[::-1], sigmas[::-1])
     np.testing.assert_allclose(y_swapped[::-1], y, rtol=1e-4, atol=1e-4)
 
 

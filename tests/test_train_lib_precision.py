@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_models_parity import PARITY, parity_case
-from training_helpers import ROOT, tiny_toy_config
+from training_helpers import ROOT, compile_unoptimized, tiny_toy_config
 
 from score_sde_jax import (
     checkpoints,
@@ -191,10 +191,7 @@ def test_remat_gradients_equal_the_plain_ones(name):
                                      continuous=True, rng=jax.random.PRNGKey(3))
             return loss_fn(jax.random.PRNGKey(2), fn, x)
 
-        # XLA's backend optimizations off: the same values, a third of the compile time
-        compiled = jax.jit(jax.grad(loss)).lower(variables["params"]).compile(
-            compiler_options={"xla_backend_optimization_level": 0})
-        return compiled(variables["params"])
+        return compile_unoptimized(jax.grad(loss), variables["params"])(variables["params"])
 
     plain = grads(config)
     assert tree_rel(grads(remat), plain) < 1e-6
@@ -277,9 +274,9 @@ def test_batched_dropout_masks_on_an_image_network():
     labels = jnp.asarray([3.0, 500.0, 900.0])
     keys = jax.random.split(jax.random.PRNGKey(2), 3)
 
-    def compiled(*args):  # XLA's backend optimizations off: same values, faster tests
-        fn = jax.jit(lambda x, y, k: mutils.get_model_fn(model, variables, True, k)(x, y))
-        return fn.lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
+    def compiled(*args):
+        return compile_unoptimized(
+            lambda x, y, k: mutils.get_model_fn(model, variables, True, k)(x, y), *args)
 
     whole = compiled(x, labels, keys)(x, labels, keys)
     one = compiled(x[:1], labels[:1], keys[0])  # batch of one, one key: compiled once
