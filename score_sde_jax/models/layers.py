@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde_jax.models import conv
 from score_sde_jax.models import up_or_down_sampling as ud
 
 Array = jax.Array
@@ -109,6 +110,7 @@ def _ddpm_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
         dtype=x.dtype,
+        conv_general_dilated=conv.conv_general_dilated,
     )(x)
 
 
