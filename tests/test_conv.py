@@ -1,5 +1,6 @@
-"""models/conv.py: the 3×3 convolution with the GEMM kernel gradient on CPU gives lax's
-values: forward, jvp (in the input, the kernel, both) and grad, to float32 rounding."""
+"""models/conv.py: the 3×3 / 1×1 convolutions and the dense product with the GEMM kernel
+gradient on CPU give lax's values: forward, jvp (in the input, the kernel, both) and grad, to
+float32 rounding."""
 
 import flax.linen as nn
 import jax
@@ -36,8 +37,10 @@ def _close(a, b):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
 
 
-def test_gemm_path_taken_and_grad_equal(small):
+@pytest.mark.parametrize("size", [3, 1])
+def test_gemm_path_taken_and_grad_equal(small, size):
     x, w, _, _ = small
+    w = w[:size, :size]
     ct = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 5, 3))
     loss = lambda f: lambda x, w: jnp.vdot(f(x, w), ct)  # noqa: E731
     jaxpr = str(jax.make_jaxpr(jax.grad(loss(_new), argnums=(0, 1)))(x, w))
@@ -61,9 +64,26 @@ def test_forward_and_jvp_equal(small):
     _close(t, jax.jvp(lambda x: _lax(x, w), (x,), (x_dot,))[1])
 
 
+def test_dense_grad_and_jvp_equal(small):
+    x, _, x_dot, _ = small
+    w = jax.random.normal(jax.random.PRNGKey(7), (4, 3))
+    w_dot = jax.random.normal(jax.random.PRNGKey(8), (4, 3))
+    plain = lambda x, w: jnp.tensordot(x, w, axes=1)  # noqa: E731
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: conv.dense(x, w).sum()))(w))
+    assert "platform_index" in jaxpr
+    ct = jax.random.normal(jax.random.PRNGKey(9), (2, 6, 5, 3))
+    got = jax.jit(jax.grad(lambda x, w: jnp.vdot(conv.dense(x, w), ct), argnums=(0, 1)))(x, w)
+    want = jax.grad(lambda x, w: jnp.vdot(plain(x, w), ct), argnums=(0, 1))(x, w)
+    for a, b in zip(got, want, strict=True):
+        _close(a, b)
+    for a, b in zip(jax.jvp(conv.dense, (x, w), (x_dot, w_dot)),
+                    jax.jvp(plain, (x, w), (x_dot, w_dot)), strict=True):
+        _close(a, b)
+
+
 def test_other_convolutions_are_plain_lax():
     x = jnp.ones((1, 4, 4, 2))
-    for w, strides in ((jnp.ones((3, 3, 2, 2)), (2, 2)), (jnp.ones((1, 1, 2, 2)), (1, 1))):
+    for w, strides in ((jnp.ones((3, 3, 2, 2)), (2, 2)), (jnp.ones((5, 5, 2, 2)), (1, 1))):
         jaxpr = str(jax.make_jaxpr(lambda x, w, s=strides: conv.conv_general_dilated(
             x, w, s, "SAME", dimension_numbers=DIMS))(x, w))
         assert "custom_jvp_call" not in jaxpr

@@ -34,8 +34,52 @@ MIN_CHANNELS = 64
 
 
 def _native(x, w, precision=None):
-    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMS,
+    p = w.shape[0] // 2
+    return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_DIMS,
                                     precision=precision)
+
+
+def _dense_tangent(x, w_dot):
+    """x @ w_dot over x's last axis, laid out so that its transpose (the weight gradient) is
+    cotangentᵀ @ x with (O, C) output: XLA:CPU otherwise transposes the cotangent first, and
+    fuses that transpose into the elementwise chain that produces it (~50–120 ms for a 2 MB
+    (B·H·W, C) at 16×16 in the full network, against ~2 ms for the product itself)."""
+    c, o = w_dot.shape
+    w_t = lax.optimization_barrier(w_dot.T)                                   # (O, C)
+    y = lax.dot_general(x.reshape(-1, c), w_t, (((1,), (1,)), ((), ())))  # (N, O)
+    return y.reshape(*x.shape[:-1], o)
+
+
+def _plain_dense(x, w):
+    return jnp.tensordot(x, w, axes=1)
+
+
+def _fast_cpu(x, w_dot) -> bool:
+    return (x.dtype == jnp.float32 and w_dot.dtype == jnp.float32
+            and x.shape[-1] >= MIN_CHANNELS)
+
+
+@jax.custom_jvp
+def dense(x, w):
+    """``jnp.tensordot(x, w, axes=1)`` (x (..., C) @ w (C, O)) whose weight gradient on CPU is
+    computed in the orientation XLA:CPU runs without transposing the cotangent (same values)."""
+    return _plain_dense(x, w)
+
+
+def _dense_jvp(primals, tangents):
+    x, w = primals
+    x_dot, w_dot = tangents
+    parts = []
+    if not isinstance(x_dot, SymbolicZero):
+        parts.append(_plain_dense(x_dot, w))
+    if not isinstance(w_dot, SymbolicZero):
+        parts.append(lax.platform_dependent(x, w_dot, cpu=_dense_tangent, default=_plain_dense)
+                     if _fast_cpu(x, w_dot) else _plain_dense(x, w_dot))
+    y = _plain_dense(x, w)
+    return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+
+
+dense.defjvp(_dense_jvp, symbolic_zeros=True)
 
 
 def _col2im_tangent(x, w_dot):
@@ -60,11 +104,14 @@ def _col2im_tangent(x, w_dot):
 
 def _kernel_tangent(x, w_dot, precision):
     native = lambda x, w_dot: _native(x, w_dot, precision)  # noqa: E731
-    if (x.shape[1] * x.shape[2] < MIN_PIXELS or x.shape[-1] < MIN_CHANNELS
-            or x.dtype != jnp.float32
-            or w_dot.dtype != jnp.float32 or precision not in (None, lax.Precision.DEFAULT)):
+    if (x.shape[1] * x.shape[2] < MIN_PIXELS or not _fast_cpu(x, w_dot)
+            or precision not in (None, lax.Precision.DEFAULT)):
         return native(x, w_dot)
-    return lax.platform_dependent(x, w_dot, cpu=_col2im_tangent, default=native)
+    if w_dot.shape[0] == 1:
+        cpu = lambda x, w_dot: _dense_tangent(x, w_dot[0, 0])  # noqa: E731
+    else:
+        cpu = _col2im_tangent
+    return lax.platform_dependent(x, w_dot, cpu=cpu, default=native)
 
 
 def _conv3x3(x, w, precision):
@@ -91,9 +138,13 @@ _conv3x3.defjvp(_conv3x3_jvp, symbolic_zeros=True)
 
 def _same_3x3(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
               feature_group_count) -> bool:
-    pads = padding == "SAME" or (not isinstance(padding, str)
-                                 and [tuple(p) for p in padding] == [(1, 1), (1, 1)])
-    return (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and pads
+    """A 3×3 SAME or a 1×1 (zero padding) stride-1 NHWC / HWIO convolution."""
+    if lhs.ndim != 4 or rhs.shape[:2] not in ((3, 3), (1, 1)):
+        return False
+    p = rhs.shape[0] // 2
+    pads = padding == "SAME" or (p == 0 and padding == "VALID") or (
+        not isinstance(padding, str) and [tuple(q) for q in padding] == [(p, p), (p, p)])
+    return (tuple(window_strides) == (1, 1) and pads
             and all(d == 1 for d in (lhs_dilation or (1, 1)))
             and all(d == 1 for d in (rhs_dilation or (1, 1)))
             and dimension_numbers is not None and feature_group_count == 1

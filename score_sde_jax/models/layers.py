@@ -172,7 +172,7 @@ class NIN(nn.Module):
     def __call__(self, x: Array) -> Array:
         w = self.param("W", default_init(scale=self.init_scale), (x.shape[-1], self.num_units))
         b = self.param("b", nn.initializers.zeros, (self.num_units,))
-        return jnp.tensordot(x, w.astype(x.dtype), axes=1) + b.astype(x.dtype)
+        return conv.dense(x, w.astype(x.dtype)) + b.astype(x.dtype)
 
 
 def group_norm_apply(x: Array, scale: Array, bias: Array, num_groups: int,
