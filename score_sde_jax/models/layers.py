@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde_jax.models import conv
 from score_sde_jax.models import up_or_down_sampling as ud
 
 Array = jax.Array
@@ -109,6 +110,7 @@ def _ddpm_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
         dtype=x.dtype,
+        conv_general_dilated=conv.conv_general_dilated,
     )(x)
 
 
@@ -170,7 +172,7 @@ class NIN(nn.Module):
     def __call__(self, x: Array) -> Array:
         w = self.param("W", default_init(scale=self.init_scale), (x.shape[-1], self.num_units))
         b = self.param("b", nn.initializers.zeros, (self.num_units,))
-        return jnp.tensordot(x, w.astype(x.dtype), axes=1) + b.astype(x.dtype)
+        return conv.dense(x, w.astype(x.dtype)) + b.astype(x.dtype)
 
 
 def group_norm_apply(x: Array, scale: Array, bias: Array, num_groups: int,
