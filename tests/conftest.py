@@ -1,7 +1,8 @@
-"""Shared test set-up: 8 host devices for multi-device tests, deterministic CPU runs. The
-main.py processes the tests start use the persistent compilation cache in
+"""Shared test set-up: 8 host devices for multi-device tests, deterministic CPU runs. The test
+processes and the main.py processes they start share one persistent compilation cache,
 ``.pytest_cache/jax_compilation_cache`` (or ``$SCORE_SDE_JAX_CACHE``; ``off`` turns it off), not
-the user's ``~/.cache``: a repeated run of the suite loads their steps instead of compiling them."""
+the user's ``~/.cache``: a program that the other worker or a subprocess compiled already is
+loaded, and a repeated run of the suite loads its steps instead of compiling them."""
 
 import os
 from pathlib import Path
@@ -13,6 +14,10 @@ os.environ.setdefault("SCORE_SDE_JAX_CACHE",
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from score_sde_jax import cli  # noqa: E402
+
+cli.setup_compilation_cache(cli.default_cache_dir())
 
 
 @pytest.fixture
