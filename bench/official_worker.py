@@ -22,7 +22,8 @@ It reads one JSON command a line on stdin and answers one JSON line on stdout:
   seconds and the process CPU seconds of one call (torch on CPU is synchronous), and ``nfe``,
   the network calls the call made (counted by a wrapper around the network: the official
   samplers' own counts leave out the denoising step of the ODE sampler and count a corrector
-  ``none`` as one call a step), with ``nfe_reported``, the count the official sampler returned.
+  ``none`` as one call a step), with ``nfe_reported``, the count the official sampler returned,
+  and ``finite``, whether every sample value is finite.
 
 The official code loads two CUDA extensions when ``op`` is imported (``op/fused_act.py``,
 ``op/upfirdn2d.py``: ``torch.utils.cpp_extension.load``). On a CPU tensor neither is used (both
@@ -107,20 +108,20 @@ def official_sde(mods: dict, config, n: int | None = None):
 
 def samplers(mods: dict, config, model: torch.nn.Module, command: dict, shape: tuple,
              z: torch.Tensor) -> dict:
-    """The official ``pc`` and ``ode`` samplers the command asks for, as closures returning the
-    sampler's reported NFE; the network is wrapped to count its calls."""
+    """The official ``pc`` and ``ode`` samplers the command asks for, as closures returning
+    (samples, the sampler's reported NFE); the network is wrapped to count its calls."""
     sampling, counted, calls = mods["sampling"], _Counted(model), {}
     inverse_scaler = (lambda x: (x + 1) / 2) if config.data.centered else (lambda x: x)
     if command.get("sample_steps"):
         sde, eps = official_sde(mods, config, command["sample_steps"])
         pc = sampling.get_sampling_fn(config, sde, shape, inverse_scaler, eps)
-        calls["pc"] = lambda: pc(counted)[1]
+        calls["pc"] = lambda: pc(counted)
     if command.get("ode_tol"):
         sde, eps = official_sde(mods, config)
         tol = command["ode_tol"]
         ode = sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=config.sampling.noise_removal,
                                        rtol=tol, atol=tol, method="RK45", eps=eps, device="cpu")
-        calls["ode"] = lambda: ode(counted, z=z.clone())[1]
+        calls["ode"] = lambda: ode(counted, z=z.clone())
     return {"calls": calls, "counted": counted}
 
 
@@ -183,10 +184,11 @@ def main() -> None:
             counted = case["samplers"]["counted"]
             counted.calls = 0
             start, cpu = time.perf_counter(), time.process_time()
-            reported = fn()
+            out = fn()
             answer = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
             if sampler:
-                answer.update(nfe=counted.calls, nfe_reported=int(reported))
+                answer.update(nfe=counted.calls, nfe_reported=int(out[1]),
+                              finite=bool(torch.isfinite(out[0]).all()))
         else:
             raise ValueError(f"unknown command {command!r}")
         print(json.dumps(answer), flush=True)

@@ -266,11 +266,15 @@ def main() -> None:
                 start = time.perf_counter()
                 check = "-"
                 if not args.no_nfe_check:
-                    made, output = counted_nfe(config, what, steps, args.ode_tol, z, variables)
+                    made, output, finite = counted_nfe(config, what, steps, args.ode_tol, z, variables)
                     check = f"{made} / {output}"
+                    if not finite:
+                        notes.append(f"{name} {what}: the project's samples are not all finite")
                 r = nfe_pairs(official, name, what, mine[what], n, seconds)
                 setting = str(steps) if what == "pc" else f"{args.ode_tol:g}"
                 sample_rows.append(sampling_row(name, what, setting, n, r, check, ratio_cell))
+                if not r["finite"]:
+                    notes.append(f"{name} {what}: the official samples are not all finite")
                 if r["nfe_reported"] != r["nfe_o"]:
                     notes.append(f"{name} {what}: the official sampler reported NFE "
                                  f"{sorted(r['nfe_reported'])}, its network was called "

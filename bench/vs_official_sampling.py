@@ -55,9 +55,10 @@ def project_sampler(config, call: str, steps: int, tol: float, z: np.ndarray,
 
 
 def counted_nfe(config, call: str, steps: int, tol: float, z: np.ndarray, variables: dict
-                ) -> tuple[int, int]:
-    """(network calls made, NFE the sampler returned) of one ``call`` sample, counted by a host
-    callback in the score function (a separately compiled copy of the sampler)."""
+                ) -> tuple[int, int, bool]:
+    """(network calls made, NFE the sampler returned, all sample values finite) of one ``call``
+    sample, counted by a host callback in the score function (a separately compiled copy of the
+    sampler)."""
     count = [0]
 
     def bump():
@@ -71,9 +72,9 @@ def counted_nfe(config, call: str, steps: int, tol: float, z: np.ndarray, variab
 
     fn = project_sampler(config, call, steps, tol, z, wrap)
     args = (variables, jax.random.PRNGKey(1)) + ((z,) if call == "ode" else ())
-    _, nfe = jax.block_until_ready(fn(*args))
+    x, nfe = jax.block_until_ready(fn(*args))
     jax.effects_barrier()
-    return count[0], int(np.max(nfe))
+    return count[0], int(np.max(nfe)), bool(np.isfinite(np.asarray(x)).all())
 
 
 def sampling_calls(config, variables: dict, steps: int, tol: float, z: np.ndarray,
@@ -109,7 +110,7 @@ def nfe_pairs(official, case: str, what: str, mine: Callable[[], int], n: int,
     first = official.ask(cmd="time", case=case, what=what)
     mine()
     out = {"ratios": [], "cpu_ratios": [], "official": [], "project": [], "nfe_o": set(),
-           "nfe_p": set(), "nfe_reported": {first["nfe_reported"]}}
+           "nfe_p": set(), "nfe_reported": {first["nfe_reported"]}, "finite": first["finite"]}
     for _ in range(n):
         answer = official.ask(cmd="time", case=case, what=what)
         nfe = []
@@ -122,6 +123,7 @@ def nfe_pairs(official, case: str, what: str, mine: Callable[[], int], n: int,
         out["nfe_o"].add(answer["nfe"])
         out["nfe_p"].add(nfe[0])
         out["nfe_reported"].add(answer["nfe_reported"])
+        out["finite"] = out["finite"] and answer["finite"]
     return out
 
 
