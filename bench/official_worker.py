@@ -11,9 +11,19 @@ It reads one JSON command a line on stdin and answers one JSON line on stdout:
   its ``state_dict`` to ``weights`` (the project imports the same weights), reads the inputs
   (``x`` NHWC in [0, 1], ``labels``) from ``inputs`` and prepares the forward pass and the
   official training step (``losses.get_step_fn`` with ``optimization_manager`` and the EMA, as
-  ``run_lib.train`` runs it on a scaled NCHW batch).
-- ``{"cmd": "time", "case": NAME, "what": "forward" | "train_step"}``: the wall seconds and the
-  process CPU seconds of one call (torch on CPU is synchronous).
+  ``run_lib.train`` runs it on a scaled NCHW batch). With ``"sample_steps": N`` it also
+  prepares ``pc``, the official predictor-corrector sampler of the config
+  (``sampling.get_sampling_fn`` with ``config.sampling``'s predictor / corrector / snr, on the
+  config's SDE with N steps instead of ``num_scales``), and with ``"ode_tol": TOL`` ``ode``, the
+  official probability-flow ODE sampler (``sampling.get_ode_sampler``: scipy RK45, rtol = atol =
+  TOL, the config's ``noise_removal``) started from the latent ``z`` (NHWC) of the inputs file.
+  Both sample a batch of the inputs' size with the network in eval mode.
+- ``{"cmd": "time", "case": NAME, "what": "forward" | "train_step" | "pc" | "ode"}``: the wall
+  seconds and the process CPU seconds of one call (torch on CPU is synchronous), and ``nfe``,
+  the network calls the call made (counted by a wrapper around the network: the official
+  samplers' own counts leave out the denoising step of the ODE sampler and count a corrector
+  ``none`` as one call a step), with ``nfe_reported``, the count the official sampler returned,
+  and ``finite``, whether every sample value is finite.
 
 The official code loads two CUDA extensions when ``op`` is imported (``op/fused_act.py``,
 ``op/upfirdn2d.py``: ``torch.utils.cpp_extension.load``). On a CPU tensor neither is used (both
@@ -51,12 +61,25 @@ def _no_load(name, *args, **kwargs):
     return _NoExtension(name)
 
 
+class _Counted(torch.nn.Module):
+    """The network, counting its calls (``calls``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.model(*args)
+
+
 def load_official(root: str) -> dict:
-    """The official modules (``models.utils``, ``losses``, ``sde_lib``, ``models.ema``), imported
-    from the checkout at ``root`` with the CUDA extension loads replaced."""
+    """The official modules (``models.utils``, ``losses``, ``sde_lib``, ``models.ema``,
+    ``sampling``), imported from the checkout at ``root`` with the CUDA extension loads replaced."""
     torch.utils.cpp_extension.load = _no_load
     sys.path.insert(0, os.path.abspath(root))
-    names = ["models.ncsnpp", "models.ddpm", "models.utils", "models.ema", "losses", "sde_lib"]
+    names = ["models.ncsnpp", "models.ddpm", "models.utils", "models.ema", "losses", "sde_lib",
+             "sampling"]
     return {name: importlib.import_module(name) for name in names}
 
 
@@ -72,17 +95,38 @@ def official_config(root: str, path: str, overrides: dict):
     return config
 
 
-def official_sde(mods: dict, config):
+def official_sde(mods: dict, config, n: int | None = None):
+    """(SDE, sampling ε) as ``run_lib`` builds them; ``n`` steps instead of ``num_scales``."""
     sde_lib, m, name = mods["sde_lib"], config.model, config.training.sde.lower()
+    n = m.num_scales if n is None else n
     if name == "vpsde":
-        return sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+        return sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=n), 1e-3
     if name == "subvpsde":
-        return sde_lib.subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
-    return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+        return sde_lib.subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=n), 1e-3
+    return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=n), 1e-5
+
+
+def samplers(mods: dict, config, model: torch.nn.Module, command: dict, shape: tuple,
+             z: torch.Tensor) -> dict:
+    """The official ``pc`` and ``ode`` samplers the command asks for, as closures returning
+    (samples, the sampler's reported NFE); the network is wrapped to count its calls."""
+    sampling, counted, calls = mods["sampling"], _Counted(model), {}
+    inverse_scaler = (lambda x: (x + 1) / 2) if config.data.centered else (lambda x: x)
+    if command.get("sample_steps"):
+        sde, eps = official_sde(mods, config, command["sample_steps"])
+        pc = sampling.get_sampling_fn(config, sde, shape, inverse_scaler, eps)
+        calls["pc"] = lambda: pc(counted)
+    if command.get("ode_tol"):
+        sde, eps = official_sde(mods, config)
+        tol = command["ode_tol"]
+        ode = sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=config.sampling.noise_removal,
+                                       rtol=tol, atol=tol, method="RK45", eps=eps, device="cpu")
+        calls["ode"] = lambda: ode(counted, z=z.clone())
+    return {"calls": calls, "counted": counted}
 
 
 def setup(mods: dict, root: str, command: dict) -> dict:
-    """The case's two timed calls, as closures."""
+    """The case's timed calls, as closures."""
     config = official_config(root, command["config"], command["overrides"])
     torch.manual_seed(0)
     model = mods["models.utils"].create_model(config)
@@ -91,12 +135,13 @@ def setup(mods: dict, root: str, command: dict) -> dict:
     with np.load(command["inputs"]) as data:
         x = torch.from_numpy(np.transpose(data["x"], (0, 3, 1, 2)).copy())
         labels = torch.from_numpy(data["labels"])
+        z = torch.from_numpy(np.transpose(data["z"], (0, 3, 1, 2)).copy()) if "z" in data else None
     batch = 2 * x - 1 if config.data.centered else x  # datasets.get_data_scaler
     losses = mods["losses"]
     optimizer = losses.get_optimizer(config, model.parameters())
     ema = mods["models.ema"].ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
     state = dict(optimizer=optimizer, model=model, ema=ema, step=0)
-    step_fn = losses.get_step_fn(official_sde(mods, config), train=True,
+    step_fn = losses.get_step_fn(official_sde(mods, config)[0], train=True,
                                  optimize_fn=losses.optimization_manager(config),
                                  reduce_mean=config.training.reduce_mean,
                                  continuous=config.training.continuous,
@@ -112,6 +157,7 @@ def setup(mods: dict, root: str, command: dict) -> dict:
         return step_fn(state, batch)
 
     return {"forward": forward, "train_step": train_step,
+            "samplers": samplers(mods, config, model, command, tuple(x.shape), z),
             "num_params": sum(p.numel() for p in model.parameters())}
 
 
@@ -132,10 +178,17 @@ def main() -> None:
             cases[command["case"]] = setup(mods, args.official, command)
             answer = {"num_params": cases[command["case"]]["num_params"], "torch": torch.__version__}
         elif command["cmd"] == "time":
-            fn = cases[command["case"]][command["what"]]
+            case, what = cases[command["case"]], command["what"]
+            sampler = what in case["samplers"]["calls"]
+            fn = case["samplers"]["calls"][what] if sampler else case[what]
+            counted = case["samplers"]["counted"]
+            counted.calls = 0
             start, cpu = time.perf_counter(), time.process_time()
-            fn()
+            out = fn()
             answer = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+            if sampler:
+                answer.update(nfe=counted.calls, nfe_reported=int(out[1]),
+                              finite=bool(torch.isfinite(out[0]).all()))
         else:
             raise ValueError(f"unknown command {command!r}")
         print(json.dumps(answer), flush=True)

@@ -1,7 +1,7 @@
 """This project against the official score_sde_pytorch code on the same CPU, side by side.
 
     python bench/vs_official.py --official PATH/score_sde_pytorch --torch-python PATH/bin/python \
-        [--pairs 7] [--full-pairs 3] [--only ddpmpp]
+        [--pairs 7] [--full-pairs 3] [--only ddpmpp] [--calls forward,train_step,pc,ode]
 
 Fetches nothing: ``--official`` is a checkout of score_sde_pytorch, ``--torch-python`` a Python
 with torch, numpy and ml_collections, which runs ``bench/official_worker.py`` (the official
@@ -23,6 +23,19 @@ pinned to the same core (``os.sched_setaffinity``; XLA:CPU still runs part of th
 thread pool whatever those flags say). Compile time of the full-size train steps: trace +
 ``lower().compile()`` with an empty persistent compilation cache (a fresh temporary folder),
 then again in a fresh trace with the cache filled.
+
+Sampling rows (``bench/vs_official_sampling.py``), in a second table: ``pc``, the
+predictor-corrector sampler of the config as each code base builds it
+(``sampling.get_sampling_fn`` on both sides: DDPM++ Euler-Maruyama without corrector, NCSN++
+reverse diffusion + one Langevin step) on the config's SDE with ``--sample-steps`` steps (small
+networks) or ``--full-sample-steps`` (full size) instead of ``num_scales``; ``ode``, the
+probability-flow ODE sampler (official: scipy ``solve_ivp`` RK45 with a host round trip per
+evaluation; project: diffrax Dopri5 with scipy's step rule) at rtol = atol = ``--ode-tol`` from
+the same prior latent, on the small networks only unless ``--full-ode``. Both sample a batch of
+``--batch`` with the same weights; the rows compare the time per network evaluation (NFE): the
+official calls counted by a wrapper around its network, the project's from its sampler's NFE
+output, checked once against the calls made (a host callback in a separately compiled copy;
+``--no-nfe-check`` skips it). ``--calls`` picks the rows (e.g. ``--calls pc`` re-runs one).
 """
 
 from __future__ import annotations
@@ -53,8 +66,19 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
+from bench.vs_official_sampling import (  # noqa: E402
+    HEADER,
+    NOTES,
+    counted_nfe,
+    nfe_pairs,
+    prior_latent,
+    sampling_calls,
+    sampling_row,
+)
 from score_sde_jax import checkpoints, cli, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
+
+CALLS = ("forward", "train_step", "pc", "ode")
 
 SMALL = {"model": {"nf": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8]},
          "data": {"image_size": 16}}
@@ -105,9 +129,8 @@ def labels_for(config, batch: int) -> np.ndarray:
     return (999 * t).astype(np.float32)
 
 
-def project_calls(config, weights: dict, x: np.ndarray, labels: np.ndarray) -> dict[str, Callable]:
+def project_calls(config, variables: dict, x: np.ndarray, labels: np.ndarray) -> dict[str, Callable]:
     """The project's forward and train step on the official weights (each call blocks)."""
-    variables = checkpoints.from_official_pytorch(weights, config)
     model = mutils.get_model(config)
     apply = jax.jit(lambda v, x, y: model.apply(v, x, y, train=False))
     xj, yj = jnp.asarray(x), jnp.asarray(labels)
@@ -178,6 +201,15 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=7, help="pairs per small-network row")
     parser.add_argument("--full-pairs", type=int, default=3, help="pairs per full-size row")
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--calls", default=",".join(CALLS),
+                        help=f"comma-separated rows to run, of {', '.join(CALLS)}")
+    parser.add_argument("--sample-steps", type=int, default=20, help="pc steps, small networks")
+    parser.add_argument("--full-sample-steps", type=int, default=4, help="pc steps, full size")
+    parser.add_argument("--ode-tol", type=float, default=1e-3, help="ode rtol = atol")
+    parser.add_argument("--full-ode", action="store_true",
+                        help="run the ode row on the full-size networks too (minutes a call)")
+    parser.add_argument("--no-nfe-check", action="store_true",
+                        help="do not count the project's network calls once per sampling row")
     parser.add_argument("--no-compile-time", action="store_true")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin both processes to one core (then XLA may use more)")
@@ -185,10 +217,13 @@ def main() -> None:
 
     if not any(args.only.lower() in name.lower() for name, *_ in CASES):
         parser.error(f"--only {args.only!r} matches none of {[name for name, *_ in CASES]}")
+    calls = [c.strip() for c in args.calls.split(",") if c.strip()]
+    if not calls or set(calls) - set(CALLS):
+        parser.error(f"--calls {args.calls!r}: give a comma-separated subset of {list(CALLS)}")
     cache = tempfile.mkdtemp(prefix="vs_official_cache_")
     cli.setup_compilation_cache(cache, min_compile_secs=0.0)
     official = Official(args.torch_python, args.official, None if args.no_pin else CORE)
-    rows, notes, tmp = [], [], tempfile.mkdtemp(prefix="vs_official_")
+    rows, sample_rows, notes, tmp = [], [], [], tempfile.mkdtemp(prefix="vs_official_")
     rng = np.random.default_rng(0)
     try:
         for name, path, overrides, full in CASES:
@@ -198,38 +233,72 @@ def main() -> None:
             shape = mutils.data_shape(config)
             x = rng.uniform(size=(args.batch, *shape)).astype(np.float32)
             labels = labels_for(config, args.batch)
+            z = prior_latent(config, (args.batch, *shape))
+            steps = args.full_sample_steps if full else args.sample_steps
+            case_calls = [c for c in calls if c != "ode" or not full or args.full_ode]
             inputs, weights_file = os.path.join(tmp, f"{name}_in.npz"), os.path.join(tmp, f"{name}_w.npz")
-            np.savez(inputs, x=x, labels=labels)
+            np.savez(inputs, x=x, labels=labels, z=z)
             info = official.ask(cmd="setup", case=name, config=path, overrides=overrides,
-                                inputs=inputs, weights=weights_file)
+                                inputs=inputs, weights=weights_file,
+                                sample_steps=steps if "pc" in case_calls else 0,
+                                ode_tol=args.ode_tol if "ode" in case_calls else 0)
             with np.load(weights_file) as w:
-                weights = {k: w[k] for k in w.files}
+                variables = checkpoints.from_official_pytorch({k: w[k] for k in w.files}, config)
             first = time.perf_counter()
-            if full and not args.no_compile_time:
+            n = args.full_pairs if full else args.pairs
+            if full and not args.no_compile_time and "train_step" in case_calls:
                 (cold, cold_cpu), (warm, warm_cpu) = compile_times(config, x)
                 notes.append(f"{name}: train step trace + compile {cold:.1f} s ({cold_cpu:.1f} s "
                              f"CPU) with an empty persistent cache, {warm:.1f} s ({warm_cpu:.1f} s "
                              "CPU) from the filled cache")
-            calls = project_calls(config, weights, x, labels)
-            n = args.full_pairs if full else args.pairs
-            for what in ("forward", "train_step"):
+            mine = project_calls(config, variables, x, labels)
+            for what in [c for c in case_calls if c in ("forward", "train_step")]:
                 start = time.perf_counter()
-                r = pairs(official, name, what, calls[what], n)
+                r = pairs(official, name, what, mine[what], n)
                 rows.append([name, what, f"{info['num_params']:,}", str(n), f"{r['official']:.4g}",
                              f"{r['project']:.4g}", ratio_cell(r["ratios"]), ratio_cell(r["cpu_ratios"])])
                 print(f"[vs_official] {name} {what}: {rows[-1][-2]} "
                       f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-            del calls
+            del mine
+            sampler_calls = [c for c in case_calls if c in ("pc", "ode")]
+            mine = sampling_calls(config, variables, steps, args.ode_tol, z, sampler_calls)
+            for what in sampler_calls:
+                start = time.perf_counter()
+                check = "-"
+                if not args.no_nfe_check:
+                    made, output, finite = counted_nfe(config, what, steps, args.ode_tol, z, variables)
+                    check = f"{made} / {output}"
+                    if not finite:
+                        notes.append(f"{name} {what}: the project's samples are not all finite")
+                r = nfe_pairs(official, name, what, mine[what], n, seconds)
+                setting = str(steps) if what == "pc" else f"{args.ode_tol:g}"
+                sample_rows.append(sampling_row(name, what, setting, n, r, check, ratio_cell))
+                if not r["finite"]:
+                    notes.append(f"{name} {what}: the official samples are not all finite")
+                if r["nfe_reported"] != r["nfe_o"]:
+                    notes.append(f"{name} {what}: the official sampler reported NFE "
+                                 f"{sorted(r['nfe_reported'])}, its network was called "
+                                 f"{sorted(r['nfe_o'])} times")
+                print(f"[vs_official] {name} {what}: {sample_rows[-1][-2]} per NFE "
+                      f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+            del mine
+            if full and "ode" in calls and not args.full_ode:
+                notes.append(f"{name}: ode row skipped (full size: --full-ode runs it)")
             print(f"[vs_official] {name}: {time.perf_counter() - first:.0f} s", file=sys.stderr)
     finally:
         official.close()
     load = os.getloadavg()
     where = "no pinning" if args.no_pin else f"both pinned to core {CORE}"
-    print_table(f"Official score_sde_pytorch / this project, CPU, one thread each ({where}), "
-                f"batch {args.batch} -- {machine()}, torch {info['torch']}",
-                ["network", "call", "parameters", "pairs", "official s", "project s",
-                 "official/project", "same, CPU time"], rows,
-                [f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", *notes])
+    title = (f"Official score_sde_pytorch / this project, CPU, one thread each ({where}), "
+             f"batch {args.batch} -- {machine()}, torch {info['torch']}")
+    load_note = f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    if rows:
+        print_table(title, ["network", "call", "parameters", "pairs", "official s", "project s",
+                            "official/project", "same, CPU time"], rows,
+                    [load_note, *[n for n in notes if "train step" in n]])
+    if sample_rows:
+        print_table(f"Sampling, per network evaluation -- {title}", HEADER, sample_rows,
+                    [load_note, *[n for n in notes if "train step" not in n], *NOTES])
 
 
 if __name__ == "__main__":
