@@ -42,6 +42,28 @@ def test_a_batch_key_acts_on_each_example_key():
         prng.batch_key(keys[0])
 
 
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.uint16, jnp.uint32, jnp.uint64])
+def test_batch_key_bits_are_jax_threefry_bits(x64, dtype):
+    """The batch key's own Threefry-2x32 (prng.threefry2x32, unrolled jnp) gives jax.random's
+    bits of every width, key by key, jitted or not; the cipher itself matches the published
+    Random123 known-answer vectors (Salmon et al. 2011)."""
+    keys = jax.random.split(jax.random.PRNGKey(11), 4)
+    for shape in [(4,), (4, 7), (4, 3, 5, 2)]:
+        want = jax.vmap(lambda k, s=shape: jax.random.bits(k, s[1:], dtype))(keys)
+        np.testing.assert_array_equal(jax.random.bits(prng.batch_key(keys), shape, dtype), want)
+        np.testing.assert_array_equal(
+            jax.jit(lambda k, s=shape: jax.random.bits(prng.batch_key(k), s, dtype))(keys), want)
+    def u(v):
+        return jnp.asarray(v, jnp.uint32)
+
+    cases = [((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+             ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+             ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]
+    for (k0, k1), (x0, x1), expected in cases:
+        out = prng.threefry2x32(u(k0), u(k1), u(x0), u(x1))
+        assert tuple(int(v) for v in out) == expected
+
+
 def test_rademacher_probes_are_the_same_with_and_without_x64():
     key = jax.random.PRNGKey(3)
     plain = prng.rademacher(key, (4, 50))
