@@ -223,7 +223,8 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="vs_official_cache_")
     cli.setup_compilation_cache(cache, min_compile_secs=0.0)
     official = Official(args.torch_python, args.official, None if args.no_pin else CORE)
-    rows, sample_rows, notes, tmp = [], [], [], tempfile.mkdtemp(prefix="vs_official_")
+    rows, sample_rows, notes, sample_notes = [], [], [], []
+    tmp = tempfile.mkdtemp(prefix="vs_official_")
     rng = np.random.default_rng(0)
     try:
         for name, path, overrides, full in CASES:
@@ -269,21 +270,21 @@ def main() -> None:
                     made, output, finite = counted_nfe(config, what, steps, args.ode_tol, z, variables)
                     check = f"{made} / {output}"
                     if not finite:
-                        notes.append(f"{name} {what}: the project's samples are not all finite")
+                        sample_notes.append(f"{name} {what}: the project's samples are not all finite")
                 r = nfe_pairs(official, name, what, mine[what], n, seconds)
                 setting = str(steps) if what == "pc" else f"{args.ode_tol:g}"
                 sample_rows.append(sampling_row(name, what, setting, n, r, check, ratio_cell))
                 if not r["finite"]:
-                    notes.append(f"{name} {what}: the official samples are not all finite")
+                    sample_notes.append(f"{name} {what}: the official samples are not all finite")
                 if r["nfe_reported"] != r["nfe_o"]:
-                    notes.append(f"{name} {what}: the official sampler reported NFE "
+                    sample_notes.append(f"{name} {what}: the official sampler reported NFE "
                                  f"{sorted(r['nfe_reported'])}, its network was called "
                                  f"{sorted(r['nfe_o'])} times")
                 print(f"[vs_official] {name} {what}: {sample_rows[-1][-2]} per NFE "
                       f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
             del mine
             if full and "ode" in calls and not args.full_ode:
-                notes.append(f"{name}: ode row skipped (full size: --full-ode runs it)")
+                sample_notes.append(f"{name}: ode row skipped (full size: --full-ode runs it)")
             print(f"[vs_official] {name}: {time.perf_counter() - first:.0f} s", file=sys.stderr)
     finally:
         official.close()
@@ -295,10 +296,10 @@ def main() -> None:
     if rows:
         print_table(title, ["network", "call", "parameters", "pairs", "official s", "project s",
                             "official/project", "same, CPU time"], rows,
-                    [load_note, *[n for n in notes if "train step" in n]])
+                    [load_note, *notes])
     if sample_rows:
         print_table(f"Sampling, per network evaluation -- {title}", HEADER, sample_rows,
-                    [load_note, *[n for n in notes if "train step" not in n], *NOTES])
+                    [load_note, *sample_notes, *NOTES])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 from score_sde_jax import cli  # noqa: E402
 
-cli.setup_compilation_cache(cli.default_cache_dir())
+cli.setup_compilation_cache()
 
 
 @pytest.fixture

@@ -324,7 +324,7 @@ def test_cli_inpaints_flat_points(tmp_path, monkeypatch):
     real_mesh = sharding.make_mesh
     monkeypatch.setattr(sharding, "make_mesh", lambda devices=None: real_mesh(jax.devices()[:1]))
     one = cli.inpaint(config, workdir, tmp_path / "pts.npz", tmp_path / "m.npy", tmp_path / "o1")
-    np.testing.assert_allclose(np.load(one["npz"])["samples"], x, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(np.load(one["npz"])["samples"], x, atol=1e-5)
     np.save(tmp_path / "m3.npy", np.array([1.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match=r"m3.npy: shape \(1, 3\) does not match the data \(2, 2\)"):
         cli.inpaint(config, workdir, tmp_path / "pts.npz", tmp_path / "m3.npy", tmp_path / "o")

@@ -45,14 +45,17 @@ def test_a_batch_key_acts_on_each_example_key():
 @pytest.mark.parametrize("dtype", [jnp.uint8, jnp.uint16, jnp.uint32, jnp.uint64])
 def test_batch_key_bits_are_jax_threefry_bits(x64, dtype):
     """The batch key's own Threefry-2x32 (prng.threefry2x32, unrolled jnp) gives jax.random's
-    bits of every width, key by key, jitted or not; the cipher itself matches the published
-    Random123 known-answer vectors (Salmon et al. 2011)."""
+    bits of every width, key by key, jitted or not."""
     keys = jax.random.split(jax.random.PRNGKey(11), 4)
     for shape in [(4,), (4, 7), (4, 3, 5, 2)]:
         want = jax.vmap(lambda k, s=shape: jax.random.bits(k, s[1:], dtype))(keys)
         np.testing.assert_array_equal(jax.random.bits(prng.batch_key(keys), shape, dtype), want)
         np.testing.assert_array_equal(
             jax.jit(lambda k, s=shape: jax.random.bits(prng.batch_key(k), s, dtype))(keys), want)
+
+
+def test_threefry2x32_known_answers():
+    """prng.threefry2x32 gives the published Random123 known-answer vectors (Salmon et al. 2011)."""
     def u(v):
         return jnp.asarray(v, jnp.uint32)
 
