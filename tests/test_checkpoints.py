@@ -2,6 +2,9 @@
 fallback to an older checkpoint when the newest is unreadable or incomplete. (Kills and signals
 during training: tests/test_preemption.py.)"""
 
+import asyncio
+import gc
+import logging
 import os
 import re
 import shutil
@@ -180,3 +183,28 @@ def test_a_truncated_array_file_is_one_readable_warning(tmp_path, state, caplog)
     warning = next(r.getMessage() for r in caplog.records if "unreadable" in r.getMessage())
     assert warning.startswith(f"checkpoint {preemption / '8'} is unreadable (")
     assert "pybind" not in warning and "TensorStore(" not in warning and "\n" not in warning
+
+
+def _abandoned_task_error(filename: str) -> None:
+    """Create, fail and abandon an asyncio task whose coroutine is defined in ``filename``
+    (as orbax's are after a failed save): its garbage collection logs "Task exception was
+    never retrieved" on the ``asyncio`` logger."""
+    scope: dict = {}
+    exec(compile("async def write():\n    raise ValueError('No space left on device')\n",
+                 filename, "exec"), scope)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(scope["write"]())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    del task
+    gc.collect()
+
+
+def test_asyncio_reports_of_abandoned_orbax_tasks_are_silenced_and_others_kept(caplog):
+    checkpoints.faults.quiet_orbax()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        _abandoned_task_error(os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py"))
+        assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+        _abandoned_task_error(os.path.join(os.sep, "site-packages", "mine", "x.py"))
+        kept = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+        assert len(kept) == 1 and kept[0].startswith("Task exception was never retrieved"), kept

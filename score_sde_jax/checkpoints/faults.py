@@ -2,13 +2,15 @@
 
 A failing write (a full disk, a quota, an I/O error) makes orbax log every worker thread's
 exception with its traceback, and tensorstore callbacks that arrive after orbax closed its event
-loop print ``RuntimeError: Event loop is closed`` tracebacks through ``sys.unraisablehook`` --
-hundreds of lines before the one error that matters, which orbax re-raises on the calling thread
-anyway. :func:`quiet_orbax` drops exactly these two kinds of message (once per process; anything
-else still shows), and :func:`save_error` turns the re-raised error into a
-:class:`CheckpointWriteError` (an ``OSError`` with the real errno) naming the step, the folder and
-the free space, after removing the half-written ``<step>.orbax-checkpoint-tmp`` folder this save
-created (so that the space it held is free again and no reader ever sees it).
+loop print ``RuntimeError: Event loop is closed`` tracebacks through ``sys.unraisablehook``, and
+the orbax coroutines left with the same error log asyncio's "Task exception was never retrieved"
+with its traceback whenever the garbage collector finds them -- hundreds of lines before the one
+error that matters, which orbax re-raises on the calling thread anyway. :func:`quiet_orbax`
+drops exactly these kinds of message (once per process; anything else still shows), and
+:func:`save_error` turns the re-raised error into a :class:`CheckpointWriteError` (an ``OSError``
+with the real errno) naming the step, the folder and the free space, after removing the
+half-written ``<step>.orbax-checkpoint-tmp`` folder this save created (so that the space it held
+is free again and no reader ever sees it).
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ class _OrbaxThreadErrors(logging.Filter):
                     and "raised an exception" in record.getMessage())
 
 
+def _in_orbax(tb) -> bool:
+    """Whether a traceback passes through orbax's code."""
+    while tb is not None:
+        if _ORBAX in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _OrbaxTaskErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for an orbax coroutine: the
+    duplicate of the error that orbax re-raises on the caller's thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[2] if record.exc_info else None
+        return not (record.levelno >= logging.ERROR
+                    and record.getMessage().startswith("Task exception was never retrieved")
+                    and _in_orbax(exc))
+
+
 def _is_closed_loop_noise(unraisable) -> bool:
     """"Event loop is closed" after a failed save, or the duplicate of a read error left in an
     orbax coroutine that the failed restore abandoned (the error itself reaches the caller)."""
@@ -49,8 +71,9 @@ def _is_closed_loop_noise(unraisable) -> bool:
 
 
 def quiet_orbax() -> None:
-    """Silence orbax's duplicate thread errors, its late "Event loop is closed" tracebacks and
-    the errors of the coroutines a failed restore abandons (idempotent; every other log record
+    """Silence orbax's duplicate thread errors, its late "Event loop is closed" tracebacks, the
+    errors of the coroutines a failed restore abandons and asyncio's report of orbax tasks whose
+    error was never retrieved (idempotent; every other log record
     and unraisable exception is shown as before)."""
     global _installed
     if _installed:
@@ -58,6 +81,7 @@ def quiet_orbax() -> None:
     _installed = True
     for name in ("absl", "orbax"):
         logging.getLogger(name).addFilter(_OrbaxThreadErrors())
+    logging.getLogger("asyncio").addFilter(_OrbaxTaskErrors())
     previous = sys.unraisablehook
 
     def hook(unraisable):
