@@ -78,20 +78,23 @@ def max_abs_diff(a, b) -> float:
 
 def damage_array_bytes(checkpoint: Path, hit=None) -> Path:
     """Damage a checkpoint as a failing disk or a bad copy does, keeping every file's size: four
-    bytes of its largest array data file (``<step>/state/ocdbt.process_0/d/*``: zstd-compressed
+    bytes of one of its array data files (``<step>/state/.../d/*``: zstd-compressed
     chunks whose literals are stored as they are) become a float32 NaN. orbax restores such a
-    checkpoint without complaint; only the checksums see it. Which array the bytes belong to
-    depends on the order orbax's threads wrote them in: places are tried in turn (the file
+    checkpoint without complaint; only the checksums see it. Which file and place hold which
+    array depends on the order orbax's threads wrote them in (the arrays are spread over one or
+    more files): the files, largest first, and places in each are tried in turn (the file
     restored in between) until ``hit()`` says the damage is the one wanted. Returns the file."""
-    data = max((p for p in (Path(checkpoint) / "state").rglob("*") if p.is_file()),
-               key=lambda p: p.stat().st_size)
-    original = data.read_bytes()
-    for fraction in (0.25, 0.5, 0.75, 0.125, 0.375, 0.625, 0.875, 0.0625, 0.3125, 0.5625, 0.8125):
-        raw = bytearray(original)
-        at = int(len(raw) * fraction)
-        raw[at:at + 4] = np.float32(np.nan).tobytes()
-        data.write_bytes(bytes(raw))
-        if hit is None or hit():
-            return data
-    data.write_bytes(original)
-    raise AssertionError(f"no place in {data} damages the checkpoint as wanted")
+    files = sorted((p for p in (Path(checkpoint) / "state").rglob("*")
+                    if p.is_file() and p.parent.name == "d"), key=lambda p: -p.stat().st_size)
+    for data in files:
+        original = data.read_bytes()
+        for fraction in (0.25, 0.5, 0.75, 0.125, 0.375, 0.625, 0.875, 0.0625, 0.3125, 0.5625,
+                         0.8125):
+            raw = bytearray(original)
+            at = int(len(raw) * fraction)
+            raw[at:at + 4] = np.float32(np.nan).tobytes()
+            data.write_bytes(bytes(raw))
+            if hit is None or hit():
+                return data
+        data.write_bytes(original)
+    raise AssertionError(f"no place in the files of {checkpoint}/state damages the checkpoint as wanted")
