@@ -3,6 +3,7 @@ equivalence on 8 devices, pluggable losses, logging outputs, and the NaN stop.""
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -98,6 +99,28 @@ def test_several_updates_per_call_train_like_one_per_call(tmp_path):
                             str(tmp_path / "b"), mesh)
     assert int(scanned.step) == 12
     assert max_abs_diff(jax.device_get(single), jax.device_get(scanned)) <= 1e-6
+
+
+def _scans(jaxpr):
+    """The scan equations of a jaxpr and of the jaxprs inside its equations."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            yield eqn
+        for param in eqn.params.values():
+            if isinstance(param, (jax.extend.core.ClosedJaxpr, jax.extend.core.Jaxpr)):
+                yield from _scans(getattr(param, "jaxpr", param))
+
+
+def test_several_updates_per_call_are_unrolled_on_cpu():
+    """On a CPU mesh the scan over the n updates of a call is unrolled n times (XLA:CPU runs
+    convolution gradients inside a loop body ~10-30x slower: train_lib.compile_train_step)."""
+    config = tiny_toy_config()
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
+    batches = {"image": np.zeros((3, 64, 2), np.float32), "label": np.zeros((3, 64), np.int32)}
+    jaxpr = jax.make_jaxpr(train_lib.compile_train_step(config, mesh, 3))(state, batches)
+    loops = [(eqn.params["length"], eqn.params["unroll"]) for eqn in _scans(jaxpr.jaxpr)]
+    assert loops == [(3, 3)], loops
 
 
 def test_batch_must_divide_over_devices():
