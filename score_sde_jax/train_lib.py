@@ -306,10 +306,11 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None
 
     ``unroll`` (default: on CPU meshes only) writes the n updates out instead of a rolled
     loop. XLA:CPU runs the weight-gradient convolutions inside a loop body without its fast
-    convolution kernels (a 3x3 64->64 kernel gradient at batch 64, 8x8: 5 ms alone, 150 ms in a
-    ``while`` body): a rolled 5-update call of the digits DDPM++ took 930 ms an update against
-    79 ms for single calls, unrolled 70 ms, for ~3x the compile time (7.8 -> 21.6 s; 2026-12-04,
-    2 cores, ``bench/jitted_steps.py``). The same updates either way."""
+    convolution kernels: a rolled 5-update call of the digits DDPM++ took 941 ms an update
+    against 76 ms for single calls, unrolled 73 ms, for ~3x the compile time (7.8 -> 21.9 s;
+    ``bench/jitted_steps.py``, BENCHMARKS.md section 4, 2026-12-04). The same updates either
+    way."""
+    unroll = mesh.devices.flat[0].platform == "cpu" if unroll is None else unroll
 
     def build():
         train_step = get_train_step(config, mesh)
@@ -317,9 +318,8 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None
         def one(state, batch):
             return train_step(state, batch, step_rng(state))
 
-        unrolled = mesh.devices.flat[0].platform == "cpu" if unroll is None else unroll
         fn = one if n_steps == 1 else (lambda state, batches: jax.lax.scan(
-            one, state, batches, unroll=n_steps if unrolled else 1))
+            one, state, batches, unroll=n_steps if unroll else 1))
         rep = sharding.replicated(mesh)
         return jax.jit(fn, in_shardings=(rep, sharding.data_sharding(mesh, n_steps > 1)),
                        out_shardings=(rep, rep), donate_argnums=0)

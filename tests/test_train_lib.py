@@ -112,15 +112,19 @@ def _scans(jaxpr):
 
 
 def test_several_updates_per_call_are_unrolled_on_cpu():
-    """On a CPU mesh the scan over the n updates of a call is unrolled n times (XLA:CPU runs
-    convolution gradients inside a loop body ~10-30x slower: train_lib.compile_train_step)."""
+    """On a CPU mesh the scan over the n updates of a call is unrolled n times by default
+    (XLA:CPU runs convolution gradients inside a loop body ~10-30x slower:
+    train_lib.compile_train_step); ``unroll=False`` keeps the rolled scan."""
     config = tiny_toy_config()
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
     batches = {"image": np.zeros((3, 64, 2), np.float32), "label": np.zeros((3, 64), np.int32)}
-    jaxpr = jax.make_jaxpr(train_lib.compile_train_step(config, mesh, 3))(state, batches)
-    loops = [(eqn.params["length"], eqn.params["unroll"]) for eqn in _scans(jaxpr.jaxpr)]
-    assert loops == [(3, 3)], loops
+    def loops(**unroll):
+        jaxpr = jax.make_jaxpr(train_lib.compile_train_step(config, mesh, 3, **unroll))(state, batches)
+        return [(eqn.params["length"], eqn.params["unroll"]) for eqn in _scans(jaxpr.jaxpr)]
+
+    assert loops() == [(3, 3)], loops()
+    assert loops(unroll=False) == [(3, 1)], loops(unroll=False)  # the rolled scan on request
 
 
 def test_batch_must_divide_over_devices():

@@ -73,8 +73,8 @@ def _is_closed_loop_noise(unraisable) -> bool:
 def quiet_orbax() -> None:
     """Silence orbax's duplicate thread errors, its late "Event loop is closed" tracebacks, the
     errors of the coroutines a failed restore abandons and asyncio's report of orbax tasks whose
-    error was never retrieved (idempotent; every other log record
-    and unraisable exception is shown as before)."""
+    error was never retrieved (idempotent; every other log record and unraisable exception is
+    shown as before)."""
     global _installed
     if _installed:
         return
