@@ -129,20 +129,14 @@ def train_state_from_params(config, params: dict, params_ema: dict, step: int) -
 
 def create_train_state(config, rng: Array) -> TrainState:
     """Fresh state: network variables from ``rng``, EMA = params, step 0, and ``rng`` itself as
-    the base key of the training noise (one jit-compiled computation; on CPU compiled with
-    XLA's backend optimizations off, which makes this run-once program compile ~3x faster)."""
+    the base key of the training noise (one ``models.utils.compile_once`` computation)."""
     if jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
     rng = jnp.asarray(rng, jnp.uint32)
     if isinstance(rng, jax.core.Tracer):  # called under jit / eval_shape: stay traceable
         return _fresh_state_fn(config)(rng)
-
-    def build():
-        lowered = jax.jit(_fresh_state_fn(config)).lower(jax.ShapeDtypeStruct((2,), jnp.uint32))
-        options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
-        return lowered.compile(compiler_options=options)
-
-    return cached_jit(("init",), config, build)(rng)
+    return cached_jit(("init",), config, lambda: mutils.compile_once(
+        _fresh_state_fn(config), jax.ShapeDtypeStruct((2,), jnp.uint32)))(rng)
 
 
 def abstract_train_state(config, sharding: jax.sharding.Sharding | None = None) -> TrainState:

@@ -48,6 +48,9 @@ from score_sde_jax.models import utils as mutils  # noqa: E402
 SIZE, NUM_IMAGES = 16, 12
 S_EMA = {5: 0.5, 10: 0.4}  # the model's s in the EMA params of the checkpoints at steps 5, 10
 S_RAW = 0.3  # s of the non-EMA params: must never be used
+# one worker runs the module (make test: --dist loadgroup), so its module fixtures (workdir,
+# evaluated: ~15 s) are built once, not on both workers
+pytestmark = pytest.mark.xdist_group("evaluation_loops")
 
 
 @mutils.register_model(name="exact_gaussian_test")

@@ -46,15 +46,15 @@ def test_conditional_score_is_the_component_and_null_is_the_mixture(name, x64):
     sde = SDES[name]()
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 2)) * 3
     t = jax.random.uniform(jax.random.PRNGKey(2), (64,), minval=0.01, maxval=1.0)
-    score = MIX.conditional_score_fn(sde)
+    score = jax.jit(MIX.conditional_score_fn(sde))  # jitted: one program, not one per operation
     m = np.asarray(sde.mean_coeff(t))[:, None]
     std = np.asarray(sde.marginal_prob(x, t)[1])[:, None]
     for c in range(K):  # N(m μ_c, (m² + std²) I): score −(x − m μ_c) / (m² + std²)
         by_hand = -(np.asarray(x) - m * np.asarray(MIX.means[c])) / (m**2 + std**2)
         np.testing.assert_allclose(score(x, t, jnp.full((64,), c)), by_hand, rtol=1e-12)
         np.testing.assert_allclose(score(x, t, jnp.full((64,), c)),
-                                   MIX.component(c).score_fn(sde)(x, t), rtol=1e-12)
-    np.testing.assert_allclose(score(x, t, jnp.full((64,), K)), MIX.score_fn(sde)(x, t),
+                                   jax.jit(MIX.component(c).score_fn(sde))(x, t), rtol=1e-12)
+    np.testing.assert_allclose(score(x, t, jnp.full((64,), K)), jax.jit(MIX.score_fn(sde))(x, t),
                                rtol=1e-10, atol=1e-12)
 
 
@@ -66,10 +66,14 @@ def test_guided_score_equals_the_closed_form(name, w, x64):
     x = jax.random.normal(jax.random.PRNGKey(1), (60, 2)) * 3
     t = jnp.linspace(0.01, 1.0, 60)
     c = jnp.arange(60) % K
-    guided = guidance.guided_score_fn(sde, MIX.conditional_score_fn(sde), c, K, w)(x, t)
-    comp = jnp.stack([MIX.component(k).score_fn(sde)(x, t) for k in range(K)])[c, jnp.arange(60)]
-    expected = (1 + w) * comp - w * MIX.score_fn(sde)(x, t)
-    np.testing.assert_allclose(guided, expected, rtol=1e-10, atol=1e-10)
+    guided = jax.jit(guidance.guided_score_fn(sde, MIX.conditional_score_fn(sde), c, K, w))(x, t)
+
+    @jax.jit
+    def expected(x, t):
+        comp = jnp.stack([MIX.component(k).score_fn(sde)(x, t) for k in range(K)])
+        return (1 + w) * comp[c, jnp.arange(60)] - w * MIX.score_fn(sde)(x, t)
+
+    np.testing.assert_allclose(guided, expected(x, t), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["ve", "vp"])
@@ -83,9 +87,9 @@ def test_guidance_interval_switches_guidance_off_outside(name, x64):
     assert 10 < inside.sum() < 90  # both regimes occur
     if name == "ve":  # σ̃ = σ(t) for VE
         np.testing.assert_allclose(guidance.noise_scale(sde, t), sde.sigma(t), rtol=1e-12)
-    interval = guidance.guided_score_fn(sde, score, 1, K, 2.0, (lo, hi))(x, t)
-    everywhere = guidance.guided_score_fn(sde, score, 1, K, 2.0)(x, t)
-    unguided = guidance.guided_score_fn(sde, score, 1, K, 0.0)(x, t)
+    interval = jax.jit(guidance.guided_score_fn(sde, score, 1, K, 2.0, (lo, hi)))(x, t)
+    everywhere = jax.jit(guidance.guided_score_fn(sde, score, 1, K, 2.0))(x, t)
+    unguided = jax.jit(guidance.guided_score_fn(sde, score, 1, K, 0.0))(x, t)
     np.testing.assert_allclose(interval[inside], everywhere[inside], rtol=1e-12)
     np.testing.assert_allclose(interval[~inside], unguided[~inside], rtol=1e-12)
     assert float(jnp.max(jnp.abs(everywhere - unguided))) > 0.1
