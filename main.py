@@ -151,12 +151,34 @@ def _parse(argv: list[str]) -> None:
         _die(problem)
 
 
-def run(config, workdir: str, mode: str) -> None:
-    from score_sde_jax import evaluation, logging_utils
-
+def check_flags(workdir: str, mode: str) -> None:
+    """The checks of the command line and of the output folder that need no JAX, made before
+    it is imported (~1.5 s): a folder that cannot be written, --images missing, sample-mode
+    flags that exclude or need each other."""
     default_out = os.path.join(workdir, "samples" if mode == "sample" else "latents")
     cli.check_run_dirs(workdir, {"train": workdir, "eval": os.path.join(workdir, FLAGS.eval_folder)}
                        .get(mode, FLAGS.sample_dir or default_out))
+    if mode in ("encode", "interpolate") and not FLAGS.images:
+        raise ValueError(f"--mode={mode} needs --images")
+    if mode != "sample":
+        return
+    if FLAGS.seeds is not None and FLAGS.num_samples is not None:
+        raise ValueError("--seeds and --num_samples exclude each other (--seeds names the "
+                         "samples to draw, so it also sets their number)")
+    chosen = [name for name in ("inpaint_image", "colorize_image", "class_label")
+              if getattr(FLAGS, name) is not None]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one of --inpaint_image, --colorize_image, --class_label; got {chosen}")
+    if FLAGS.inpaint_mask is not None and FLAGS.inpaint_image is None:
+        raise ValueError("--inpaint_mask needs --inpaint_image")
+    if FLAGS.inpaint_image is not None and FLAGS.inpaint_mask is None:
+        raise ValueError("--inpaint_image needs --inpaint_mask")
+
+
+def run(config, workdir: str, mode: str) -> None:
+    """The mode's work, after :func:`check_flags`."""
+    from score_sde_jax import evaluation, logging_utils
+
     if FLAGS.distributed:
         import jax
 
@@ -197,23 +219,13 @@ def _train(config, workdir: str) -> None:
 
 
 def _sample(config, workdir: str) -> dict:
-    """Plain, inpainting, colorization or class-conditional sampling, as the flags ask."""
+    """Plain, inpainting, colorization or class-conditional sampling, as the flags ask (their
+    combination checked by :func:`check_flags`)."""
     from score_sde_jax import inference
 
-    if FLAGS.seeds is not None and FLAGS.num_samples is not None:
-        raise ValueError("--seeds and --num_samples exclude each other (--seeds names the "
-                         "samples to draw, so it also sets their number)")
     num = FLAGS.num_samples or int(config.eval.batch_size)  # num_samples >= 1 (lower_bound)
     out = FLAGS.sample_dir or os.path.join(workdir, "samples")
-    chosen = [name for name in ("inpaint_image", "colorize_image", "class_label")
-              if getattr(FLAGS, name) is not None]
-    if len(chosen) > 1:
-        raise ValueError(f"choose one of --inpaint_image, --colorize_image, --class_label; got {chosen}")
-    if FLAGS.inpaint_mask is not None and FLAGS.inpaint_image is None:
-        raise ValueError("--inpaint_mask needs --inpaint_image")
     if FLAGS.inpaint_image is not None:
-        if FLAGS.inpaint_mask is None:
-            raise ValueError("--inpaint_image needs --inpaint_mask")
         return inference.inpaint(config, workdir, FLAGS.inpaint_image, FLAGS.inpaint_mask, out,
                                         step=FLAGS.step, num_samples=FLAGS.num_samples)
     if FLAGS.colorize_image is not None:
@@ -233,8 +245,6 @@ def _latents(config, workdir: str, mode: str) -> dict:
     """Encode images, or interpolate between two (score_sde_jax/inference/latents.py)."""
     from score_sde_jax import inference
 
-    if not FLAGS.images:
-        raise ValueError(f"--mode={mode} needs --images")
     out = FLAGS.sample_dir or os.path.join(workdir, "latents")
     if mode == "encode":
         return inference.encode(config, workdir, FLAGS.images, out, step=FLAGS.step)
@@ -244,6 +254,7 @@ def _latents(config, workdir: str, mode: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     _parse(sys.argv if argv is None else argv)
+    cli.run_cli(PROG, lambda: check_flags(FLAGS.workdir, FLAGS.mode))
     if FLAGS.compilation_cache:
         cli.setup_compilation_cache(FLAGS.compilation_cache_dir)
     from score_sde_jax import checkpoints, preemption, run_lib
