@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from training_helpers import normal, uniform
 
 from score_sde_jax import analytic, sde_lib
 from score_sde_jax import controllable_generation as cg
@@ -153,7 +154,7 @@ def test_color_transform_is_orthogonal_and_round_trips(x64):
     np.testing.assert_allclose(m @ m.T, np.eye(3), atol=1e-15)
     spec = np.array([[0.5774, -0.8165, 0], [0.5774, 0.4082, -0.7071], [0.5774, 0.4082, 0.7071]])
     np.testing.assert_allclose(m, spec, atol=1e-4)  # SPEC §6 gives M to 4 decimals
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 3), jnp.float64)
+    x = normal(0, (2, 5, 5, 3), np.float64)
     np.testing.assert_allclose(cg.couple(cg.decouple(x)), x, rtol=0, atol=1e-14)
     np.testing.assert_allclose(cg.decouple(cg.couple(x)), x, rtol=0, atol=1e-14)
     gray = jnp.repeat(x[..., :1], 3, axis=-1)
@@ -163,7 +164,7 @@ def test_color_transform_is_orthogonal_and_round_trips(x64):
 
 
 def test_color_transform_round_trips_in_float32():
-    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3))
+    x = uniform(1, (4, 8, 8, 3))
     assert float(jnp.max(jnp.abs(cg.couple(cg.decouple(x)) - x))) < 1e-6
 
 
@@ -172,7 +173,7 @@ def test_colorizer_keeps_the_gray_channel():
     shape = (3, 6, 6, 3)
     def score(x, t):
         return -(x - 0.5) / (0.1**2 + sde.marginal_prob(x, t)[1][:, None, None, None] ** 2)
-    gray = jax.random.uniform(jax.random.PRNGKey(2), (3, 6, 6, 1))
+    gray = uniform(2, (3, 6, 6, 1))
     colorizer = cg.get_pc_colorizer(sde, shape, eps=1e-5)
     x = jax.jit(lambda r, g: colorizer(r, score, g))(jax.random.PRNGKey(0), gray)
     assert x.shape == shape

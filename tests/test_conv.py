@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from training_helpers import normal
 
 from score_sde_jax.models import conv, layers
 
@@ -27,10 +28,8 @@ def small(monkeypatch):
     """The GEMM path on small shapes (its thresholds lowered), and inputs (B, 6, 5, 4) -> 3."""
     monkeypatch.setattr(conv, "MIN_PIXELS", 1)
     monkeypatch.setattr(conv, "MIN_CHANNELS", 1)
-    k = jax.random.split(jax.random.PRNGKey(0), 4)
-    x = jax.random.normal(k[0], (2, 6, 5, 4))
-    w = jax.random.normal(k[1], (3, 3, 4, 3))
-    return x, w, jax.random.normal(k[2], x.shape), jax.random.normal(k[3], w.shape)
+    x, w = normal(0, (2, 6, 5, 4)), normal(1, (3, 3, 4, 3))
+    return x, w, normal(2, x.shape), normal(3, w.shape)
 
 
 def _close(a, b):
@@ -41,7 +40,7 @@ def _close(a, b):
 def test_gemm_path_taken_and_grad_equal(small, size):
     x, w, _, _ = small
     w = w[:size, :size]
-    ct = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 5, 3))
+    ct = normal(5, (2, 6, 5, 3))
     loss = lambda f: lambda x, w: jnp.vdot(f(x, w), ct)  # noqa: E731
     jaxpr = str(jax.make_jaxpr(jax.grad(loss(_new), argnums=(0, 1)))(x, w))
     assert "platform_index" in jaxpr and "dot_general" in jaxpr  # the CPU GEMM branch exists
@@ -66,12 +65,11 @@ def test_forward_and_jvp_equal(small):
 
 def test_dense_grad_and_jvp_equal(small):
     x, _, x_dot, _ = small
-    w = jax.random.normal(jax.random.PRNGKey(7), (4, 3))
-    w_dot = jax.random.normal(jax.random.PRNGKey(8), (4, 3))
+    w, w_dot = normal(7, (4, 3)), normal(8, (4, 3))
     plain = lambda x, w: jnp.tensordot(x, w, axes=1)  # noqa: E731
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: conv.dense(x, w).sum()))(w))
     assert "platform_index" in jaxpr
-    ct = jax.random.normal(jax.random.PRNGKey(9), (2, 6, 5, 3))
+    ct = normal(9, (2, 6, 5, 3))
     got = jax.jit(jax.grad(lambda x, w: jnp.vdot(conv.dense(x, w), ct), argnums=(0, 1)))(x, w)
     want = jax.grad(lambda x, w: jnp.vdot(plain(x, w), ct), argnums=(0, 1))(x, w)
     for a, b in zip(got, want, strict=True):

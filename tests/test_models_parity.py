@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from training_helpers import compile_unoptimized
+from training_helpers import compile_unoptimized, normal, uniform
 
 from score_sde_jax import checkpoints
 from score_sde_jax.cli import load_config
@@ -76,7 +76,7 @@ def test_full_size_ncsnpp_forward_batch2():
     config = load_config(os.path.join(ROOT, "configs/ve/cifar10_ncsnpp_continuous.py"))
     shapes, _ = checkpoints.model_template(config)
     variables = random_variables(shapes)
-    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    x = uniform(1, (2, 32, 32, 3))
     sigmas = jnp.array([0.01, 50.0])
     model = get_model(config)
     y = jax.jit(lambda v, x, s: model.apply(v, x, s, train=False))(variables, x, sigmas)
@@ -134,7 +134,7 @@ def test_option_combinations_run(progressive, progressive_input, resblock, fir):
     model = get_model(config)
     shapes, _ = checkpoints.model_template(config)
     variables = random_variables(shapes)  # no zero-initialised output convolutions
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    x = normal(0, (2, 8, 8, 3))
     sigmas = jnp.array([0.5, 3.0])
     forward = compile_unoptimized(lambda v, x, s: model.apply(v, x, s, train=False), variables, x,
                                   sigmas)
@@ -153,8 +153,8 @@ def test_option_combinations_run(progressive, progressive_input, resblock, fir):
 ])
 def test_dropout_only_when_training(block):
     block = block()
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
-    temb = jax.random.normal(jax.random.PRNGKey(1), (2, 16))
+    x = normal(0, (2, 4, 4, 8))
+    temb = normal(1, (2, 16))
     variables = jax.jit(block.init, static_argnames="train")(jax.random.PRNGKey(2), x, temb,
                                                             train=False)
     apply = jax.jit(block.apply, static_argnames="train")
@@ -222,7 +222,7 @@ def conv_same(x, w):
 def test_fir_box_kernel_is_nearest_and_average():
     up = jax.jit(ud.upsample_2d, static_argnums=1)
     down = jax.jit(ud.downsample_2d, static_argnums=1)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+    x = normal(0, (2, 6, 6, 4))
     nearest = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     np.testing.assert_allclose(up(x, (1, 1)), nearest, atol=1e-6)
     np.testing.assert_allclose(ud.naive_upsample_2d(x), nearest, atol=0)
@@ -239,8 +239,8 @@ def test_fused_resampling_convolutions():
     jit = functools.partial(jax.jit, static_argnums=2)
     up_conv, conv_down = jit(ud.upsample_conv_2d), jit(ud.conv_downsample_2d)
     up, down = jit(ud.upsample_2d, static_argnums=1), jit(ud.downsample_2d, static_argnums=1)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
-    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
+    x = normal(0, (2, 8, 8, 3))
+    w = normal(1, (3, 3, 3, 5))
     # Nearest-neighbour kernel: the fused op is exactly upsample-then-conv.
     np.testing.assert_allclose(up_conv(x, w, (1, 1)),
                                conv_same(ud.naive_upsample_2d(x), w), rtol=1e-5, atol=1e-5)
@@ -291,7 +291,7 @@ def test_fourier_projection_and_nin():
     grad = jax.grad(lambda v: proj.apply(v, x).sum())(variables)
     assert float(jnp.abs(grad["params"]["W"]).max()) == 0.0
     nin = layers.NIN(num_units=3)
-    h = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 5))
+    h = normal(1, (2, 4, 4, 5))
     out, v = nin.init_with_output(jax.random.PRNGKey(2), h)
     np.testing.assert_allclose(out, h @ v["params"]["W"] + v["params"]["b"], rtol=1e-5, atol=1e-6)
 

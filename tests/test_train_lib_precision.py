@@ -267,9 +267,10 @@ def test_batched_dropout_masks_on_an_image_network():
     config.data.image_size, config.model.ch_mult, config.model.attn_resolutions = 8, (1,), (8,)
     model = get_model(config)
     variables = init_model(jax.random.PRNGKey(0), config)
-    leaves, tree = jax.tree_util.tree_flatten(variables)  # nonzero output convs (init scale 0)
-    variables = jax.tree_util.tree_unflatten(
-        tree, [v + 0.05 * jax.random.normal(jax.random.PRNGKey(i), v.shape) for i, v in enumerate(leaves)])
+    noise = np.random.default_rng(0)  # NumPy: jax.random would compile a draw for every shape
+    variables = jax.tree_util.tree_map(  # nonzero output convs (init scale 0)
+        lambda v: np.asarray(v) + np.float32(0.05) * noise.standard_normal(v.shape, np.float32),
+        variables)
     x = jax.random.normal(jax.random.PRNGKey(1), (3, *mutils.data_shape(config)))
     labels = jnp.asarray([3.0, 500.0, 900.0])
     keys = jax.random.split(jax.random.PRNGKey(2), 3)
