@@ -17,7 +17,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
     sys.path.insert(0, str(ROOT))
 
-from training_helpers import compile_unoptimized  # noqa: E402
 
 from score_sde_jax import guidance, likelihood, ode_solver, sampling, sde_lib  # noqa: E402
 from score_sde_jax.models import utils  # noqa: E402
@@ -393,7 +392,7 @@ def test_small_config_runs_a_forward_pass(name):
                     jnp.float32)
     labels = _labels_for(config, 3)
     variables = _random_variables(model, x, labels)
-    forward = compile_unoptimized(lambda v, x, y: model.apply(v, x, y, train=False), variables, x, labels)
+    forward = utils.compile_once(lambda v, x, y: model.apply(v, x, y, train=False), variables, x, labels)
     out = forward(variables, x, labels)
     assert out.shape == x.shape
     assert bool(jnp.all(jnp.isfinite(out)))

@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from training_helpers import compile_unoptimized, normal, uniform
+from training_helpers import normal, uniform
 
 from score_sde_jax import checkpoints
 from score_sde_jax.cli import load_config
 from score_sde_jax.models import get_model, layers, layerspp
 from score_sde_jax.models import up_or_down_sampling as ud
+from score_sde_jax.models import utils as mutils
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -56,7 +57,7 @@ def test_official_pytorch_output(name):
     assert count(jax.tree_util.tree_map(np.shape, variables)) == ref["num_params"]
     x, labels = jnp.asarray(state["__input_nhwc"]), jnp.asarray(state["__labels"])
     model = get_model(config)
-    y = compile_unoptimized(lambda v, x, y: model.apply(v, x, y, train=False), variables, x,
+    y = mutils.compile_once(lambda v, x, y: model.apply(v, x, y, train=False), variables, x,
                             labels)(variables, x, labels)
     want = state["__output_nhwc"]
     assert y.shape == want.shape
@@ -136,7 +137,7 @@ def test_option_combinations_run(progressive, progressive_input, resblock, fir):
     variables = random_variables(shapes)  # no zero-initialised output convolutions
     x = normal(0, (2, 8, 8, 3))
     sigmas = jnp.array([0.5, 3.0])
-    forward = compile_unoptimized(lambda v, x, s: model.apply(v, x, s, train=False), variables, x,
+    forward = mutils.compile_once(lambda v, x, s: model.apply(v, x, s, train=False), variables, x,
                                   sigmas)
     y = forward(variables, x, sigmas)
     assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))

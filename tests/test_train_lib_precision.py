@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_models_parity import PARITY, parity_case
-from training_helpers import ROOT, compile_unoptimized, tiny_toy_config
+from training_helpers import ROOT, tiny_toy_config
 
 from score_sde_jax import (
     checkpoints,
@@ -191,7 +191,7 @@ def test_remat_gradients_equal_the_plain_ones(name):
                                      continuous=True, rng=jax.random.PRNGKey(3))
             return loss_fn(jax.random.PRNGKey(2), fn, x)
 
-        return compile_unoptimized(jax.grad(loss), variables["params"])(variables["params"])
+        return mutils.compile_once(jax.grad(loss), variables["params"])(variables["params"])
 
     plain = grads(config)
     assert tree_rel(grads(remat), plain) < 1e-6
@@ -276,7 +276,7 @@ def test_batched_dropout_masks_on_an_image_network():
     keys = jax.random.split(jax.random.PRNGKey(2), 3)
 
     def compiled(*args):
-        return compile_unoptimized(
+        return mutils.compile_once(
             lambda x, y, k: mutils.get_model_fn(model, variables, True, k)(x, y), *args)
 
     whole = compiled(x, labels, keys)(x, labels, keys)

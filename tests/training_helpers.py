@@ -64,13 +64,6 @@ def run_main(workdir, *extra_args: str, env=None, timeout: float = 240, cwd=ROOT
                           timeout=timeout)
 
 
-def compile_unoptimized(fn, *args):
-    """``jax.jit(fn)`` compiled for arguments shaped like ``args`` with XLA's backend
-    optimizations off: the same values, and a network compiles ~3x faster (for the tests'
-    few-call networks)."""
-    return jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
-
-
 def normal(seed: int, shape, dtype=np.float32) -> jax.Array:
     """Standard normal test inputs drawn by NumPy: an eager ``jax.random.normal`` compiles a
     program for every new shape (~0.15-0.2 s each on CPU, its threefry loop)."""
