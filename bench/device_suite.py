@@ -1,6 +1,6 @@
 """The measurements of ``bench/device_suite.sh`` (one accelerator): training, sampling, likelihood.
 
-    python bench/device_suite.py {train,train8,sample,likelihood} --out rows.jsonl
+    python bench/device_suite.py {train8,train,remat,sample,likelihood,norm} --out rows.jsonl
     python bench/device_suite.py table --out rows.jsonl
 
 Each part appends JSON rows to ``--out``; ``table`` prints them as one table. With
@@ -8,11 +8,12 @@ Each part appends JSON rows to ``--out``; ``table`` prints them as one table. Wi
 toy sizes, which is how the suite is checked on a CPU.
 
 - train: images/s of one update (forward, backward, clipped Adam, EMA) of the full CIFAR-10
-  DDPM++ (``configs/vp/cifar10_ddpmpp_continuous.py``) at batch 128 on one device, for fp32 /
-  bf16 / remat / bf16 + remat (fastest of ``--repeats`` timings of ``--steps`` chained updates,
-  after two compiling / warm-up calls); memory: the compiler's plan (arguments + outputs −
-  donated + temporaries, ``memory_analysis``) and the device allocator's peak bytes in use so
-  far (``memory_stats``; the variants run from the smallest expected footprint up).
+  DDPM++ (``configs/vp/cifar10_ddpmpp_continuous.py``) at batch 128 on one device, fp32 and bf16
+  (fastest of ``repeats`` timings of ``steps`` chained updates, after two compiling / warm-up
+  calls); memory: the compiler's plan (arguments + outputs − donated + temporaries,
+  ``memory_analysis``) and the device allocator's peak bytes in use so far in the part's process
+  (``memory_stats``: a running maximum, so only a part's first row's is that variant's own).
+- remat: the same for bf16 + remat and remat (fp32), in a process of its own.
 - train8: the full DDPM++ and NCSN++ (``configs/ve/cifar10_ncsnpp_continuous.py``) train steps
   at batch 8, fp32, with the step's compile time: the rows ``bench/vs_official.py`` measures
   against the official code on a CPU.
@@ -22,6 +23,10 @@ toy sizes, which is how the suite is checked on a CPU.
   solve against the official scipy RK45 host loop (``bench/ode_likelihood.scipy_likelihood``),
   same probes and tolerances (1e-5; the network initialised with ``init_scale`` 1 so that the
   ODE is not trivial).
+- norm: GroupNorm alone (32 groups) at batch 128: this project's ``layers.GroupNorm`` against
+  ``flax.linen.GroupNorm`` and, where the Python has torch with CUDA, ``torch.nn.GroupNorm``
+  (NCHW, in a child process), forward and forward + backward (``bench/group_norm.py``'s calls,
+  median over repeats of 20 back-to-back calls).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -41,19 +47,23 @@ sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.dirname(BENCH))
 
 from common import ROOT, load_config, machine, print_table  # noqa: E402
+from group_norm import jax_calls, run_torch  # noqa: E402
 from ode_likelihood import scipy_likelihood  # noqa: E402
 
 from score_sde_jax import likelihood, sampling, sde_lib, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 SMOKE = os.environ.get("DEVICE_SUITE_SMOKE", "") == "1"
+MACHINE = machine()
 CONFIG = "configs/tiny/tiny_ddpmpp.py" if SMOKE else "configs/vp/cifar10_ddpmpp_continuous.py"
 NCSNPP_CONFIG = "configs/tiny/tiny_ncsnpp.py" if SMOKE else "configs/ve/cifar10_ncsnpp_continuous.py"
-SIZES = dict(train_batch=8, steps=2, repeats=2, sample_batch=4, pc_steps=10, lik_batch=2, tol=1e-3) \
-    if SMOKE else dict(train_batch=128, steps=10, repeats=3, sample_batch=64, pc_steps=1000,
-                       lik_batch=8, tol=1e-5)
-VARIANTS = [("bf16+remat", "bfloat16", True), ("remat", "float32", True),
-            ("bf16", "bfloat16", False), ("fp32", "float32", False)]
+# Sized for a 15-minute lease: one timed run of the long computations after the compiling one.
+SIZES = dict(train_batch=8, steps=2, repeats=2, sample_batch=4, pc_steps=10, lik_batch=2, tol=1e-3,
+             norm_batch=2, norm_reps=3) \
+    if SMOKE else dict(train_batch=128, steps=10, repeats=2, sample_batch=64, pc_steps=1000,
+                       lik_batch=8, tol=1e-5, norm_batch=128, norm_reps=15)
+VARIANTS = {"train": [("fp32", "float32", False), ("bf16", "bfloat16", False)],
+            "remat": [("bf16+remat", "bfloat16", True), ("remat", "float32", True)]}
 
 
 def config_for(dtype: str = "float32", remat: bool = False):
@@ -68,6 +78,7 @@ def peak_in_use() -> float:
 
 
 def emit(out: str, **row) -> None:
+    row["machine"] = MACHINE
     print(json.dumps(row), flush=True)
     with open(out, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -82,14 +93,14 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def part_train(out: str) -> None:
+def part_train(out: str, variants=VARIANTS["train"]) -> None:
     mesh = sharding.make_mesh(jax.devices()[:1])
     b, steps = SIZES["train_batch"], SIZES["steps"]
     host_state = jax.device_get(train_lib.create_train_state(config_for(), jax.random.PRNGKey(0)))
     shape = mutils.data_shape(config_for())
     images = np.random.default_rng(0).uniform(size=(b, *shape)).astype(np.float32)
     batch = sharding.make_global_batch({"image": images, "label": np.zeros(b, np.int32)}, mesh)
-    for name, dtype, remat in VARIANTS:
+    for name, dtype, remat in variants:
         config = config_for(dtype, remat)
         state = sharding.replicate(host_state, mesh)  # same parameters for every variant
         start = time.perf_counter()
@@ -156,10 +167,10 @@ def part_sample(out: str) -> None:
     model = mutils.get_model(config)
     variables = mutils.init_model(jax.random.PRNGKey(0), config)
     shape = (SIZES["sample_batch"], *mutils.data_shape(config))
-    settings = {f"PC-{SIZES['pc_steps']}": {"method": "pc", "predictor": "euler_maruyama",
-                                              "corrector": "none"},
-                "DPM-Solver-20": {"method": "dpm_solver", "num_steps": 20, "order": 2,
-                                  "adaptive": False}}
+    settings = {"DPM-Solver-20": {"method": "dpm_solver", "num_steps": 20, "order": 2,
+                                  "adaptive": False},
+                f"PC-{SIZES['pc_steps']}": {"method": "pc", "predictor": "euler_maruyama",
+                                              "corrector": "none"}}
     for name, over in settings.items():
         cfg = config.copy_and_resolve_references()
         cfg.model.num_scales = SIZES["pc_steps"]
@@ -175,7 +186,7 @@ def part_sample(out: str) -> None:
         start = time.perf_counter()
         x, nfe = jax.block_until_ready(draw(variables, jax.random.PRNGKey(1)))
         first = time.perf_counter() - start
-        seconds = best(lambda draw=draw: draw(variables, jax.random.PRNGKey(2)), SIZES["repeats"])
+        seconds = best(lambda draw=draw: draw(variables, jax.random.PRNGKey(2)), 1)
         emit(out, part="sample", what=f"{name} sampling, B={shape[0]}, fp32",
              value=shape[0] / seconds, unit="samples/s", ms=seconds * 1e3,
              nfe=int(np.max(jax.device_get(nfe))), first_call_s=first,
@@ -201,12 +212,12 @@ def part_likelihood(out: str) -> None:
     start = time.perf_counter()
     logp, _, nfe = jax.block_until_ready(fn(variables, rng, x))
     first = time.perf_counter() - start
-    seconds = best(lambda: fn(variables, rng, x), SIZES["repeats"])
+    seconds = best(lambda: fn(variables, rng, x), 1)
     run = scipy_likelihood(sde, score, variables, x, probe, tol, tol, lik_eps)
     start = time.perf_counter()
     ref, ref_nfe = run()
     scipy_first = time.perf_counter() - start
-    scipy_seconds = best(lambda: run()[0], max(1, SIZES["repeats"] - 1))
+    scipy_seconds = best(lambda: run()[0], 1)
     dim = int(np.prod(x.shape[1:]))
     diff = float(np.max(np.abs(np.asarray(logp, np.float64) - ref)) / dim)
     emit(out, part="likelihood", what=f"ODE likelihood, B={b}, scipy RK45 host loop",
@@ -217,33 +228,72 @@ def part_likelihood(out: str) -> None:
          speedup=scipy_seconds / seconds, max_diff_nats_per_dim=diff, peak_gb=peak_in_use() / 1e9)
 
 
+def part_norm(out: str) -> None:
+    b, reps, calls = SIZES["norm_batch"], SIZES["norm_reps"], 20
+    shapes = [(b, 32, 32, 128), (b, 16, 16, 256), (b, 8, 8, 256)]
+    measured = []
+    for shape in shapes:
+        fns = jax_calls(shape, calls)
+        for fn in fns.values():
+            fn()
+        times = {k: [] for k in fns}
+        for _ in range(reps):
+            for k, fn in fns.items():  # interleaved
+                start = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - start) / calls)
+        measured.append({k: float(np.median(v)) for k, v in times.items()})
+    device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+    try:
+        torch_rows = run_torch(sys.executable, shapes, reps, calls, device)
+    except (OSError, ValueError, subprocess.CalledProcessError) as e:  # a Python without torch
+        detail = getattr(e, "stderr", "") or e
+        print(f"[device_suite] norm: no torch column: {str(detail).strip()[-300:]}", flush=True)
+        torch_rows = None
+    for i, shape in enumerate(shapes):
+        for j, what in enumerate(("fwd", "fwd+bwd")):
+            mine, flax_s = measured[i]["project", what], measured[i]["flax", what]
+            row = dict(part="norm", what=f"GroupNorm {'x'.join(map(str, shape))}, {what}",
+                       value=mine * 1e3, unit="ms", flax_ms=flax_s * 1e3,
+                       flax_over_project=flax_s / mine)
+            if torch_rows is not None:
+                row.update(torch_ms=torch_rows[i][j] * 1e3, torch_over_project=torch_rows[i][j] / mine)
+            emit(out, **row)
+
+
 def part_table(out: str) -> None:
+    """The rows of ``out`` as one table, without the columns that no row has."""
     with open(out) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    extra = ("ms", "nfe", "planned_gb", "peak_gb", "compile_s", "first_call_s", "speedup",
-             "max_diff_nats_per_dim", "loss")
+    extra = [k for k in ("ms", "nfe", "planned_gb", "peak_gb", "compile_s", "first_call_s",
+                         "speedup", "max_diff_nats_per_dim", "loss", "flax_ms",
+                         "flax_over_project", "torch_ms", "torch_over_project")
+             if any(k in r for r in rows)]
 
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    print_table(f"Device suite{' (SMOKE: tiny sizes)' if SMOKE else ''} — {machine()}",
+    where = rows[0].get("machine", MACHINE) if rows else MACHINE
+    print_table(f"Device suite{' (SMOKE: tiny sizes)' if SMOKE else ''} — {where}",
                 ["measurement", "value", "unit", *extra],
                 [[r["what"], fmt(r["value"]), r["unit"], *[fmt(r[k]) if k in r else "" for k in extra]]
                  for r in rows],
                 notes=["planned_gb: the compiled program's arguments + outputs - donated + "
                        "temporaries; peak_gb: the device allocator's peak bytes in use so far in "
-                       "that part's process"])
+                       "that part's process; *_over_project > 1: the project is faster"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=["train", "train8", "sample", "likelihood", "table"])
+    parser.add_argument("part", choices=["train8", "train", "remat", "sample", "likelihood", "norm",
+                                         "table"])
     parser.add_argument("--out", required=True, help="JSON-lines file the rows are appended to")
     args = parser.parse_args()
     if args.part != "table":
         print(f"[device_suite] {args.part} on {machine()}", flush=True)
-    {"train": part_train, "train8": part_train8, "sample": part_sample, "likelihood": part_likelihood,
-     "table": part_table}[args.part](args.out)
+    {"train": part_train, "remat": lambda out: part_train(out, VARIANTS["remat"]),
+     "train8": part_train8, "sample": part_sample, "likelihood": part_likelihood,
+     "norm": part_norm, "table": part_table}[args.part](args.out)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# One prepared run on a machine with one GPU (or TPU): ~6-10 minutes, one table on stdout.
-# Never run by the tests or CI.
+# Prepared runs on a machine with one GPU (or TPU), one table on stdout. Never run by the tests
+# or CI.
 #
-#   bash bench/device_suite.sh                   # from the repository root
+#   bash bench/device_suite.sh                   # from the repository root: every part, ~20 min
+#   DEVICE_SUITE_PARTS="train8 train norm" bash bench/device_suite.sh       # ~9 min (estimated)
+#   DEVICE_SUITE_PARTS="remat sample likelihood" bash bench/device_suite.sh  # ~9 min (estimated)
 #   DEVICE_SUITE_SMOKE=1 bash bench/device_suite.sh   # tiny sizes: checks the suite on a CPU
 #
+# On an H200 (2026-12-04, jax 0.11.2) XLA compiled each full-size train step for 59-85 s and each
+# part's model initialization for about a minute, so the whole suite does not fit one 10-minute
+# call: the two halves above each do (BENCHMARKS.md section 8 has what each lease measured).
+#
 # Measures (bench/device_suite.py, one process per part):
-#   train       full CIFAR-10 DDPM++ train step at batch 128: images/s in fp32, bf16, remat,
-#               bf16 + remat, with the compiled plan's bytes and the allocator's peak bytes in use
 #   train8      full CIFAR-10 DDPM++ and NCSN++ train steps at batch 8, fp32 (the rows that
 #               bench/vs_official.py compares with the official code on a CPU), with compile time
+#   train       full CIFAR-10 DDPM++ train step at batch 128: images/s in fp32 and bf16, with
+#               the compiled plan's bytes and the allocator's peak bytes in use
+#   remat       the same in bf16 + remat and remat (fp32)
 #   sample      PC-1000 and DPM-Solver-20 samples/s (batch 64, float32)
 #   likelihood  probability-flow ODE log-likelihood: diffrax (jit + vmap) vs the official scipy
 #               RK45 host loop on the full network (batch 8, rtol = atol = 1e-5)
+#   norm        GroupNorm alone at batch 128: project vs flax.linen vs torch (when the Python has
+#               torch; CUDA when it sees the GPU), forward and forward + backward
 #
 # What the machine needs. Present there: jax (with its CUDA / TPU plugin), flax, optax,
 # orbax-checkpoint, diffrax (+ equinox, jaxtyping, lineax), numpy, scipy -- which bring
@@ -71,13 +80,29 @@ fi
 
 OUT="${DEVICE_SUITE_OUT:-$(mktemp -d)/device_suite.jsonl}"
 : > "$OUT"
+# A compilation cache of this run only: the parts are separate processes, and train8, train and
+# remat initialize the same DDPM++ train state (the init does not depend on the batch size), whose
+# compilation the later ones then read. No timed or compile-timed program is compiled twice, so
+# no measured number comes from the cache.
+if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
+  JAX_COMPILATION_CACHE_DIR="$(mktemp -d)"
+  trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT  # the run's own folder
+fi
+export JAX_COMPILATION_CACHE_DIR
 status=0
-# Seconds per part (9.3 min in all); a part that fails or runs out of time leaves the others'
-# rows in the table.
-for spec in "train:${TRAIN_TIMEOUT:-240}" "train8:${TRAIN8_TIMEOUT:-90}" "sample:${SAMPLE_TIMEOUT:-100}" \
-            "likelihood:${LIKELIHOOD_TIMEOUT:-130}"; do
-  part="${spec%%:*}"
-  timeout "${spec##*:}" "$PY" bench/device_suite.py "$part" --out "$OUT" >&2 \
+# Seconds per part, from the 2026-12-04 H200 lease where it measured one (train8 ran for 259 s;
+# train's fp32 step compiled for 85 s, DPM-Solver-20's first call took 15 s; sample and likelihood
+# ran out of 80 and 110 s); a part that fails or runs out of time leaves its rows so far and the
+# other parts' rows in the table.
+declare -A LIMIT=([train8]="${TRAIN8_TIMEOUT:-300}" [train]="${TRAIN_TIMEOUT:-240}"
+                  [remat]="${REMAT_TIMEOUT:-240}" [sample]="${SAMPLE_TIMEOUT:-150}"
+                  [likelihood]="${LIKELIHOOD_TIMEOUT:-300}" [norm]="${NORM_TIMEOUT:-60}")
+for part in ${DEVICE_SUITE_PARTS:-train8 train remat sample likelihood norm}; do
+  if [ -z "${LIMIT[$part]:-}" ]; then
+    echo "[device_suite] unknown part '$part' in DEVICE_SUITE_PARTS; parts: ${!LIMIT[*]}" >&2
+    exit 2
+  fi
+  timeout "${LIMIT[$part]}" "$PY" bench/device_suite.py "$part" --out "$OUT" >&2 \
     || { echo "[device_suite] part '$part' failed or timed out (exit $?)" >&2; status=1; }
 done
 echo "rows: $OUT" >&2
