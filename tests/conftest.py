@@ -15,6 +15,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("SCORE_SDE_JAX_CACHE",
                       str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_compilation_cache"))
 
+import digits_model  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -31,21 +32,10 @@ def x64():
 
 
 @pytest.fixture(scope="session")
-def trained_digits(tmp_path_factory):
-    """THE trained digits model of the suite: the embedded default in its label-conditional form
-    (configs/digits_cfg.py: configs/digits.py's DDPM++ with a class embedding of the 10 digits
-    and the null label, label dropout 0.1) trained as ``make demo`` trains configs/digits.py
-    (``demos.train.digits_config``, 600 of the demo's 800 steps, one device), once per test
-    session -- tests that use it carry ``@pytest.mark.xdist_group("trained_digits")`` so that
-    one worker trains it (the Makefile runs pytest with ``--dist loadgroup``). With the null
-    label it is the unconditional model (test_demos_train.py), with a class label the
-    conditional one (test_guidance.py). Returns (config, work directory, EMA parameters)."""
-    from score_sde_jax import run_lib, sharding
-    from score_sde_jax.demos import train as demo_train
-
-    config = demo_train.digits_config(600, "digits_cfg")  # 300 gave the ODE samplers saturated noise
-    config.model.num_scales = 100  # Euler-Maruyama steps of the PC sampler
-    config.data.prefetch = 0
-    workdir = tmp_path_factory.mktemp("trained_digits")
-    state = run_lib.train(config, str(workdir), sharding.make_mesh(jax.devices()[:1]))
-    return config, workdir, jax.device_get(state.params_ema)
+def trained_digits():
+    """THE trained digits model of the suite (tests/digits_model.py: the embedded default in
+    its label-conditional form, 600 steps as ``make demo`` trains it), read from
+    tests/data/trained_digits.npz; ``test_demos_train.py`` checks that this code still trains
+    that run. With the null label it is the unconditional model (test_demos_train.py), with a
+    class label the conditional one (test_guidance.py). Returns (config, EMA parameters)."""
+    return digits_model.load()

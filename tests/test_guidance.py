@@ -206,16 +206,15 @@ def test_batched_guidance_equals_two_separate_calls():
     np.testing.assert_allclose(guided, separate, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xdist_group("trained_digits")
 def test_trained_digits_model_draws_the_asked_digit(trained_digits):
-    """The suite's trained label-conditional digits model (conftest.trained_digits, 600 steps),
+    """The suite's trained label-conditional digits model (tests/digits_model.py, 600 steps),
     sampled as ``--mode eval`` samples it (eval_lib.get_sample_fn: labels i mod 10, 100
     Euler-Maruyama steps, guided). Judge: the nearest class mean of the 1500 training digits
     (right on ~85 % of the other 297 real digits). With w = 0 the samples are about as
     recognisable as real digits (81 % when written); guidance w = 1 sharpens them: >= 95 % of
     the samples of class k are called "k" (100 %), more than with w = 0; the same samples on 8
     devices as on 1."""
-    config, _, params = trained_digits
+    config, params = trained_digits
     digits = load_digits()
     pixels, target = digits.images.reshape(-1, 64) / 16.0, digits.target
     means = np.stack([pixels[:1500][target[:1500] == k].mean(0) for k in range(10)])
