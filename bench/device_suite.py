@@ -15,8 +15,9 @@ toy sizes, which is how the suite is checked on a CPU.
   (``memory_stats``: a running maximum, so only a part's first row's is that variant's own).
 - remat: the same for bf16 + remat and remat (fp32), in a process of its own.
 - train8: the full DDPM++ and NCSN++ (``configs/ve/cifar10_ncsnpp_continuous.py``) train steps
-  at batch 8, fp32, with the step's compile time: the rows ``bench/vs_official.py`` measures
-  against the official code on a CPU.
+  at batch 8, fp32, with the step's compile time and the first ``create_train_state``'s time
+  (its compilation; inferred from the part's total on the H200 of 2026-12-04: ~1 min): the rows
+  ``bench/vs_official.py`` measures against the official code on a CPU.
 - sample: samples/s of PC-1000 (the config's Euler–Maruyama predictor, no corrector, 1000
   steps) and DPM-Solver-20 (2nd-order multistep, 20 NFE) with the same network (float32).
 - likelihood: the probability-flow ODE log-likelihood of a batch, this project's jitted diffrax
@@ -137,7 +138,10 @@ def part_train8(out: str) -> None:
     for name, path in (("DDPM++", CONFIG), ("NCSN++", NCSNPP_CONFIG)):
         config = load_config(os.path.join(ROOT, path))
         config.training.batch_size = b
-        state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+        start = time.perf_counter()
+        state = jax.block_until_ready(train_lib.create_train_state(config, jax.random.PRNGKey(0)))
+        init_s = time.perf_counter() - start
+        state = sharding.replicate(state, mesh)
         images = np.random.default_rng(0).uniform(size=(b, *mutils.data_shape(config)))
         batch = sharding.make_global_batch({"image": images.astype(np.float32),
                                              "label": np.zeros(b, np.int32)}, mesh)
@@ -158,7 +162,7 @@ def part_train8(out: str) -> None:
         seconds = best(run, SIZES["repeats"]) / SIZES["steps"]
         emit(out, part="train8", what=f"{name} train step, B={b}, fp32 (vs_official row)",
              value=b / seconds, unit="img/s", ms=seconds * 1e3, compile_s=compile_s,
-             peak_gb=peak_in_use() / 1e9)
+             init_s=init_s, peak_gb=peak_in_use() / 1e9)
 
 
 def part_sample(out: str) -> None:
@@ -265,7 +269,7 @@ def part_table(out: str) -> None:
     """The rows of ``out`` as one table, without the columns that no row has."""
     with open(out) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    extra = [k for k in ("ms", "nfe", "planned_gb", "peak_gb", "compile_s", "first_call_s",
+    extra = [k for k in ("ms", "nfe", "planned_gb", "peak_gb", "compile_s", "init_s", "first_call_s",
                          "speedup", "max_diff_nats_per_dim", "loss", "flax_ms",
                          "flax_over_project", "torch_ms", "torch_over_project")
              if any(k in r for r in rows)]
@@ -280,7 +284,8 @@ def part_table(out: str) -> None:
                  for r in rows],
                 notes=["planned_gb: the compiled program's arguments + outputs - donated + "
                        "temporaries; peak_gb: the device allocator's peak bytes in use so far in "
-                       "that part's process; *_over_project > 1: the project is faster"])
+                       "that part's process; init_s: the first create_train_state (compiles the "
+                       "initialization); *_over_project > 1: the project is faster"])
 
 
 def main() -> None:
