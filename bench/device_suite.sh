@@ -5,6 +5,8 @@
 #   bash bench/device_suite.sh                   # from the repository root: every part, ~20 min
 #   DEVICE_SUITE_PARTS="train8 train norm" bash bench/device_suite.sh       # ~9 min (estimated)
 #   DEVICE_SUITE_PARTS="remat sample likelihood" bash bench/device_suite.sh  # ~9 min (estimated)
+#   DEVICE_SUITE_PARTS=official DEVICE_SUITE_OFFICIAL=PATH/score_sde_pytorch \
+#       bash bench/device_suite.sh                                           # ~6 min (estimated)
 #   DEVICE_SUITE_SMOKE=1 bash bench/device_suite.sh   # tiny sizes: checks the suite on a CPU
 #
 # On an H200 (2026-12-04, jax 0.11.2) XLA compiled each full-size train step for 59-85 s and each
@@ -22,6 +24,12 @@
 #               RK45 host loop on the full network (batch 8, rtol = atol = 1e-5)
 #   norm        GroupNorm alone at batch 128: project vs flax.linen vs torch (when the Python has
 #               torch; CUDA when it sees the GPU), forward and forward + backward
+#   official    bench/vs_official.py --device cuda: the full-size DDPM++ / NCSN++ forward and
+#               train step (batch 8) against the official code on the same GPU, 5 interleaved
+#               pairs; needs DEVICE_SUITE_OFFICIAL (a score_sde_pytorch checkout: carry it) and
+#               torch with nvcc and ninja (torch builds the official CUDA extensions; a Python
+#               other than $PYTHON runs the official side when TORCH_PYTHON names it); its own
+#               table comes after the suite's. Run only when named or when that variable is set.
 #
 # What the machine needs. Present there: jax (with its CUDA / TPU plugin), flax, optax,
 # orbax-checkpoint, diffrax (+ equinox, jaxtyping, lineax), numpy, scipy -- which bring
@@ -96,15 +104,41 @@ status=0
 # other parts' rows in the table.
 declare -A LIMIT=([train8]="${TRAIN8_TIMEOUT:-300}" [train]="${TRAIN_TIMEOUT:-240}"
                   [remat]="${REMAT_TIMEOUT:-240}" [sample]="${SAMPLE_TIMEOUT:-150}"
-                  [likelihood]="${LIKELIHOOD_TIMEOUT:-300}" [norm]="${NORM_TIMEOUT:-60}")
-for part in ${DEVICE_SUITE_PARTS:-train8 train remat sample likelihood norm}; do
+                  [likelihood]="${LIKELIHOOD_TIMEOUT:-300}" [norm]="${NORM_TIMEOUT:-60}"
+                  [official]="${OFFICIAL_TIMEOUT:-420}")
+OFFICIAL_TABLE="${OUT%.jsonl}_official.txt"
+: > "$OFFICIAL_TABLE"
+for part in ${DEVICE_SUITE_PARTS:-train8 train remat sample likelihood norm ${DEVICE_SUITE_OFFICIAL:+official}}; do
   if [ -z "${LIMIT[$part]:-}" ]; then
     echo "[device_suite] unknown part '$part' in DEVICE_SUITE_PARTS; parts: ${!LIMIT[*]}" >&2
     exit 2
+  fi
+  if [ "$part" = official ]; then
+    if [ -z "${DEVICE_SUITE_OFFICIAL:-}" ] || [ ! -d "$DEVICE_SUITE_OFFICIAL/models" ]; then
+      echo "[device_suite] part 'official' needs DEVICE_SUITE_OFFICIAL=<score_sde_pytorch checkout>" \
+           "(got '${DEVICE_SUITE_OFFICIAL:-}')" >&2
+      status=1
+      continue
+    fi
+    if [ "${DEVICE_SUITE_SMOKE:-}" = "1" ]; then  # the small networks on the CPU
+      args=(--device cpu --only small --calls forward,train_step --pairs 2 --no-compile-time)
+    else
+      args=(--device cuda --only full --calls forward,train_step --full-pairs 5 --no-compile-time)
+    fi
+    timeout "${LIMIT[$part]}" "$PY" bench/vs_official.py --official "$DEVICE_SUITE_OFFICIAL" \
+        --torch-python "${TORCH_PYTHON:-$PY}" "${args[@]}" > "$OFFICIAL_TABLE" \
+      || { echo "[device_suite] part 'official' failed or timed out (exit $?)" >&2; status=1; }
+    continue
   fi
   timeout "${LIMIT[$part]}" "$PY" bench/device_suite.py "$part" --out "$OUT" >&2 \
     || { echo "[device_suite] part '$part' failed or timed out (exit $?)" >&2; status=1; }
 done
 echo "rows: $OUT" >&2
-"$PY" bench/device_suite.py table --out "$OUT"
+if [ -s "$OUT" ]; then
+  "$PY" bench/device_suite.py table --out "$OUT"
+fi
+if [ -s "$OFFICIAL_TABLE" ]; then
+  echo
+  cat "$OFFICIAL_TABLE"
+fi
 exit $status

@@ -1,7 +1,7 @@
 """The official score_sde_pytorch side of ``bench/vs_official.py``; run by it, with a Python that
 has torch (and numpy, ml_collections), never by the tests:
 
-    PYTHON_WITH_TORCH bench/official_worker.py --official PATH_TO_score_sde_pytorch
+    PYTHON_WITH_TORCH bench/official_worker.py --official PATH_TO_score_sde_pytorch [--device cuda]
 
 It reads one JSON command a line on stdin and answers one JSON line on stdout:
 
@@ -19,7 +19,8 @@ It reads one JSON command a line on stdin and answers one JSON line on stdout:
   TOL, the config's ``noise_removal``) started from the latent ``z`` (NHWC) of the inputs file.
   Both sample a batch of the inputs' size with the network in eval mode.
 - ``{"cmd": "time", "case": NAME, "what": "forward" | "train_step" | "pc" | "ode"}``: the wall
-  seconds and the process CPU seconds of one call (torch on CPU is synchronous), and ``nfe``,
+  seconds and the process CPU seconds of one call (torch on CPU is synchronous; on CUDA the
+  device is synchronized before and after the call), and ``nfe``,
   the network calls the call made (counted by a wrapper around the network: the official
   samplers' own counts leave out the denoising step of the ODE sampler and count a corrector
   ``none`` as one call a step), with ``nfe_reported``, the count the official sampler returned,
@@ -27,8 +28,11 @@ It reads one JSON command a line on stdin and answers one JSON line on stdout:
 
 The official code loads two CUDA extensions when ``op`` is imported (``op/fused_act.py``,
 ``op/upfirdn2d.py``: ``torch.utils.cpp_extension.load``). On a CPU tensor neither is used (both
-files take their pure-torch path, ``fused_leaky_relu`` / ``upfirdn2d_native``), so the loads are
-replaced by a stand-in that fails if an extension kernel is ever called. One torch thread.
+files take their pure-torch path, ``fused_leaky_relu`` / ``upfirdn2d_native``), so with
+``--device cpu`` the loads are replaced by a stand-in that fails if an extension kernel is ever
+called, and torch runs one thread. With ``--device cuda`` the official code runs as on its own
+GPUs: torch builds the two extensions (nvcc and ninja; a minute or two the first time, cached
+in ``~/.cache/torch_extensions``) and the network is on the GPU.
 """
 
 from __future__ import annotations
@@ -73,22 +77,24 @@ class _Counted(torch.nn.Module):
         return self.model(*args)
 
 
-def load_official(root: str) -> dict:
+def load_official(root: str, device: str = "cpu") -> dict:
     """The official modules (``models.utils``, ``losses``, ``sde_lib``, ``models.ema``,
-    ``sampling``), imported from the checkout at ``root`` with the CUDA extension loads replaced."""
-    torch.utils.cpp_extension.load = _no_load
+    ``sampling``), imported from the checkout at ``root``; on the CPU with the CUDA extension
+    loads replaced."""
+    if device == "cpu":
+        torch.utils.cpp_extension.load = _no_load
     sys.path.insert(0, os.path.abspath(root))
     names = ["models.ncsnpp", "models.ddpm", "models.utils", "models.ema", "losses", "sde_lib",
              "sampling"]
     return {name: importlib.import_module(name) for name in names}
 
 
-def official_config(root: str, path: str, overrides: dict):
+def official_config(root: str, path: str, overrides: dict, device: str = "cpu"):
     spec = importlib.util.spec_from_file_location("official_config", os.path.join(root, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    config.device = torch.device("cpu")
+    config.device = torch.device(device)
     for section, values in overrides.items():
         for key, value in values.items():
             config[section][key] = tuple(value) if isinstance(value, list) else value
@@ -120,22 +126,25 @@ def samplers(mods: dict, config, model: torch.nn.Module, command: dict, shape: t
         sde, eps = official_sde(mods, config)
         tol = command["ode_tol"]
         ode = sampling.get_ode_sampler(sde, shape, inverse_scaler, denoise=config.sampling.noise_removal,
-                                       rtol=tol, atol=tol, method="RK45", eps=eps, device="cpu")
+                                       rtol=tol, atol=tol, method="RK45", eps=eps,
+                                       device=config.device)
         calls["ode"] = lambda: ode(counted, z=z.clone())
     return {"calls": calls, "counted": counted}
 
 
-def setup(mods: dict, root: str, command: dict) -> dict:
+def setup(mods: dict, root: str, command: dict, device: str = "cpu") -> dict:
     """The case's timed calls, as closures."""
-    config = official_config(root, command["config"], command["overrides"])
+    config = official_config(root, command["config"], command["overrides"], device)
     torch.manual_seed(0)
-    model = mods["models.utils"].create_model(config)
-    state_dict = {k.removeprefix("module."): v.detach().numpy() for k, v in model.state_dict().items()}
+    model = mods["models.utils"].create_model(config)  # on config.device
+    state_dict = {k.removeprefix("module."): v.detach().cpu().numpy()
+                  for k, v in model.state_dict().items()}
     np.savez(command["weights"], **state_dict)
     with np.load(command["inputs"]) as data:
-        x = torch.from_numpy(np.transpose(data["x"], (0, 3, 1, 2)).copy())
-        labels = torch.from_numpy(data["labels"])
-        z = torch.from_numpy(np.transpose(data["z"], (0, 3, 1, 2)).copy()) if "z" in data else None
+        x = torch.from_numpy(np.transpose(data["x"], (0, 3, 1, 2)).copy()).to(device)
+        labels = torch.from_numpy(data["labels"]).to(device)
+        z = (torch.from_numpy(np.transpose(data["z"], (0, 3, 1, 2)).copy()).to(device)
+             if "z" in data else None)
     batch = 2 * x - 1 if config.data.centered else x  # datasets.get_data_scaler
     losses = mods["losses"]
     optimizer = losses.get_optimizer(config, model.parameters())
@@ -165,17 +174,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="official side of bench/vs_official.py")
     parser.add_argument("--official", required=True, help="score_sde_pytorch checkout")
     parser.add_argument("--core", type=int, default=None, help="pin this process to that core")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     if args.core is not None:
         os.sched_setaffinity(0, {args.core})
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
-    mods = load_official(args.official)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    mods = load_official(args.official, args.device)
     cases: dict[str, dict] = {}
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "setup":
-            cases[command["case"]] = setup(mods, args.official, command)
+            cases[command["case"]] = setup(mods, args.official, command, args.device)
             answer = {"num_params": cases[command["case"]]["num_params"], "torch": torch.__version__}
         elif command["cmd"] == "time":
             case, what = cases[command["case"]], command["what"]
@@ -183,8 +195,10 @@ def main() -> None:
             fn = case["samplers"]["calls"][what] if sampler else case[what]
             counted = case["samplers"]["counted"]
             counted.calls = 0
+            sync()
             start, cpu = time.perf_counter(), time.process_time()
             out = fn()
+            sync()
             answer = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
             if sampler:
                 answer.update(nfe=counted.calls, nfe_reported=int(out[1]),

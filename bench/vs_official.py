@@ -1,7 +1,8 @@
-"""This project against the official score_sde_pytorch code on the same CPU, side by side.
+"""This project against the official score_sde_pytorch code on the same CPU (or GPU), side by side.
 
     python bench/vs_official.py --official PATH/score_sde_pytorch --torch-python PATH/bin/python \
-        [--pairs 7] [--full-pairs 3] [--only ddpmpp] [--calls forward,train_step,pc,ode]
+        [--pairs 7] [--full-pairs 3] [--only ddpmpp] [--calls forward,train_step,pc,ode] \
+        [--device cuda]
 
 Fetches nothing: ``--official`` is a checkout of score_sde_pytorch, ``--torch-python`` a Python
 with torch, numpy and ml_collections, which runs ``bench/official_worker.py`` (the official
@@ -24,6 +25,11 @@ thread pool whatever those flags say). Compile time of the full-size train steps
 ``lower().compile()`` with an empty persistent compilation cache (a fresh temporary folder),
 then again in a fresh trace with the cache filled.
 
+``--device cuda``: both on the machine's GPU instead (official: its network on CUDA with its two
+CUDA extensions built by torch; project: JAX's default GPU device, a share of its memory left to
+torch). No pinning and no CPU flags then; timings synchronize the device (torch) or block on
+the outputs (JAX); the CPU-time column says little there.
+
 Sampling rows (``bench/vs_official_sampling.py``), in a second table: ``pc``, the
 predictor-corrector sampler of the config as each code base builds it
 (``sampling.get_sampling_fn`` on both sides: DDPM++ Euler-Maruyama without corrector, NCSN++
@@ -44,12 +50,20 @@ import os
 
 # One core: XLA:CPU still runs part of the work on a thread pool with these
 # flags (measured: 1.8 CPU-seconds per second on 2 cores), so both processes are also pinned to
-# one core, the same one, before jax starts its threads (--no-pin turns that off).
+# one core, the same one, before jax starts its threads (--no-pin turns that off). On a GPU
+# (--device cuda) neither: JAX uses its GPU and leaves torch room on it.
+_ARGV = os.sys.argv
+GPU = "--device=cuda" in _ARGV or any(a == "--device" and b == "cuda"
+                                      for a, b in zip(_ARGV, _ARGV[1:], strict=False))
 CORE = max(os.sched_getaffinity(0))
-if "--no-pin" not in os.sys.argv:
-    os.sched_setaffinity(0, {CORE})
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+if GPU:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+else:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the CPU comparison, also on a GPU machine
+    if "--no-pin" not in _ARGV:
+        os.sched_setaffinity(0, {CORE})
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -93,11 +107,11 @@ CASES = [  # (name, config file (the same path in both repositories), overrides,
 class Official:
     """The worker process running the official code (one JSON line in, one out)."""
 
-    def __init__(self, python: str, checkout: str, core: int | None):
+    def __init__(self, python: str, checkout: str, core: int | None, device: str = "cpu"):
         worker = os.path.join(ROOT, "bench", "official_worker.py")
         pin = [] if core is None else ["--core", str(core)]
-        self.proc = subprocess.Popen([python, worker, "--official", checkout, *pin], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen([python, worker, "--official", checkout, "--device", device, *pin],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def ask(self, **command) -> dict:
         self.proc.stdin.write(json.dumps(command) + "\n")
@@ -213,6 +227,8 @@ def main() -> None:
     parser.add_argument("--no-compile-time", action="store_true")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin both processes to one core (then XLA may use more)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: both on the GPU (official CUDA extensions built by torch)")
     args = parser.parse_args()
 
     if not any(args.only.lower() in name.lower() for name, *_ in CASES):
@@ -222,7 +238,8 @@ def main() -> None:
         parser.error(f"--calls {args.calls!r}: give a comma-separated subset of {list(CALLS)}")
     cache = tempfile.mkdtemp(prefix="vs_official_cache_")
     cli.setup_compilation_cache(cache, min_compile_secs=0.0)
-    official = Official(args.torch_python, args.official, None if args.no_pin else CORE)
+    pinned = not (args.no_pin or GPU)
+    official = Official(args.torch_python, args.official, CORE if pinned else None, args.device)
     rows, sample_rows, notes, sample_notes = [], [], [], []
     tmp = tempfile.mkdtemp(prefix="vs_official_")
     rng = np.random.default_rng(0)
@@ -289,9 +306,11 @@ def main() -> None:
     finally:
         official.close()
     load = os.getloadavg()
-    where = "no pinning" if args.no_pin else f"both pinned to core {CORE}"
-    title = (f"Official score_sde_pytorch / this project, CPU, one thread each ({where}), "
-             f"batch {args.batch} -- {machine()}, torch {info['torch']}")
+    where = f"both pinned to core {CORE}" if pinned else "no pinning"
+    on = (f"GPU ({jax.devices()[0].device_kind})" if GPU
+          else f"CPU, one thread each ({where})")
+    title = (f"Official score_sde_pytorch / this project, {on}, batch {args.batch} -- "
+             f"{machine()}, torch {info['torch']}")
     load_note = f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     if rows:
         print_table(title, ["network", "call", "parameters", "pairs", "official s", "project s",
