@@ -16,7 +16,8 @@ toy sizes, which is how the suite is checked on a CPU.
 - remat: the same for bf16 + remat and remat (fp32), in a process of its own.
 - train8: the full DDPM++ and NCSN++ (``configs/ve/cifar10_ncsnpp_continuous.py``) train steps
   at batch 8, fp32, with the step's compile time and the first ``create_train_state``'s time
-  (its compilation; inferred from the part's total on the H200 of 2026-12-04: ~1 min): the rows
+  (its compilation; on the H200 of 2026-12-04 the part spent ~67 s per model outside the
+  timed step compilation, not yet split): the rows
   ``bench/vs_official.py`` measures against the official code on a CPU.
 - sample: samples/s of PC-1000 (the config's Euler–Maruyama predictor, no corrector, 1000
   steps) and DPM-Solver-20 (2nd-order multistep, 20 NFE) with the same network (float32).

@@ -9,9 +9,10 @@
 #       bash bench/device_suite.sh                                           # ~6 min (estimated)
 #   DEVICE_SUITE_SMOKE=1 bash bench/device_suite.sh   # tiny sizes: checks the suite on a CPU
 #
-# On an H200 (2026-12-04, jax 0.11.2) XLA compiled each full-size train step for 59-85 s and each
-# part's model initialization for about a minute, so the whole suite does not fit one 10-minute
-# call: the two halves above each do (BENCHMARKS.md section 8 has what each lease measured).
+# On an H200 (2026-12-04, jax 0.11.2) XLA compiled each full-size train step for 59-85 s, and
+# the train8 part spent another ~67 s per model before its timings, so the whole suite does not
+# fit one 10-minute call: the two halves above each do (BENCHMARKS.md section 8 has what each
+# lease measured).
 #
 # Measures (bench/device_suite.py, one process per part):
 #   train8      full CIFAR-10 DDPM++ and NCSN++ train steps at batch 8, fp32 (the rows that
