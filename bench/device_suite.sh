@@ -9,6 +9,10 @@
 #       bash bench/device_suite.sh                                           # ~6 min (estimated)
 #   DEVICE_SUITE_SMOKE=1 bash bench/device_suite.sh   # tiny sizes: checks the suite on a CPU
 #
+# DEVICE_SUITE_BUDGET=SECONDS caps the whole run (each part gets at most what is left, less 20 s
+# for the table), so that a call with a time limit still prints the rows measured; with
+# DEVICE_SUITE_OUT=FILE the rows also land in FILE as they are measured.
+#
 # On an H200 (2026-12-04, jax 0.11.2) XLA compiled each full-size train step for 59-85 s, and
 # the train8 part spent another ~67 s per model before its timings, so the whole suite does not
 # fit one 10-minute call: the two halves above each do (BENCHMARKS.md section 8 has what each
@@ -114,6 +118,16 @@ for part in ${DEVICE_SUITE_PARTS:-train8 train remat sample likelihood norm ${DE
     echo "[device_suite] unknown part '$part' in DEVICE_SUITE_PARTS; parts: ${!LIMIT[*]}" >&2
     exit 2
   fi
+  limit="${LIMIT[$part]}"
+  if [ -n "${DEVICE_SUITE_BUDGET:-}" ]; then  # what is left of the budget, less 20 s for the table
+    left=$((DEVICE_SUITE_BUDGET - SECONDS - 20))
+    if [ "$left" -lt 30 ]; then
+      echo "[device_suite] part '$part' skipped: ${DEVICE_SUITE_BUDGET} s budget spent" >&2
+      status=1
+      continue
+    fi
+    [ "$left" -lt "$limit" ] && limit="$left"
+  fi
   if [ "$part" = official ]; then
     if [ -z "${DEVICE_SUITE_OFFICIAL:-}" ] || [ ! -d "$DEVICE_SUITE_OFFICIAL/models" ]; then
       echo "[device_suite] part 'official' needs DEVICE_SUITE_OFFICIAL=<score_sde_pytorch checkout>" \
@@ -126,12 +140,12 @@ for part in ${DEVICE_SUITE_PARTS:-train8 train remat sample likelihood norm ${DE
     else
       args=(--device cuda --only full --calls forward,train_step --full-pairs 5 --no-compile-time)
     fi
-    timeout "${LIMIT[$part]}" "$PY" bench/vs_official.py --official "$DEVICE_SUITE_OFFICIAL" \
+    timeout "$limit" "$PY" bench/vs_official.py --official "$DEVICE_SUITE_OFFICIAL" \
         --torch-python "${TORCH_PYTHON:-$PY}" "${args[@]}" > "$OFFICIAL_TABLE" \
       || { echo "[device_suite] part 'official' failed or timed out (exit $?)" >&2; status=1; }
     continue
   fi
-  timeout "${LIMIT[$part]}" "$PY" bench/device_suite.py "$part" --out "$OUT" >&2 \
+  timeout "$limit" "$PY" bench/device_suite.py "$part" --out "$OUT" >&2 \
     || { echo "[device_suite] part '$part' failed or timed out (exit $?)" >&2; status=1; }
 done
 echo "rows: $OUT" >&2
