@@ -6,10 +6,11 @@ longer matches this code:
 
     PYTHONPATH=. .venv/bin/python tests/data/make_trained_digits.py     # ~1-2 min on a CPU
 
-It trains the recipe's first ``CHECK_STEPS`` updates and, in another work directory, all
-``STEPS``, both with ``run_lib.train`` on one device, and stores the EMA parameters after
-``STEPS`` (``ema/<path>``) and the summary of the first updates (``check/<name>``). The file is
-written through a temporary file and a rename.
+It trains the recipe's first ``CHECK_STEPS`` updates with ``run_lib.train`` on one device,
+then resumes the same work directory to ``STEPS`` (a resume continues exactly where an
+uninterrupted run would be: ``tests/test_preemption.py``), and stores the EMA parameters after
+``STEPS`` (``ema/<path>``) and the summary of the first updates (``check/<name>``), both of the
+one run. The file is written through a temporary file and a rename.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from score_sde_jax import files  # noqa: E402
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        check = update_summary(*train(Path(tmp) / "check", CHECK_STEPS))
-        state, _ = train(Path(tmp) / "full", STEPS)
+        check = update_summary(*train(Path(tmp) / "run", CHECK_STEPS))
+        state, _ = train(Path(tmp) / "run", STEPS)  # resumed at CHECK_STEPS
     assert int(state.step) == STEPS, state.step
     ema = traverse_util.flatten_dict(state.params_ema, sep="/")
     arrays = {**{f"ema/{k}": np.asarray(v, np.float32) for k, v in ema.items()},
