@@ -49,7 +49,7 @@ sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.dirname(BENCH))
 
 from common import ROOT, load_config, machine, print_table  # noqa: E402
-from group_norm import jax_calls, run_torch  # noqa: E402
+from group_norm import run_torch, time_jax  # noqa: E402
 from ode_likelihood import scipy_likelihood  # noqa: E402
 
 from score_sde_jax import likelihood, sampling, sde_lib, sharding, train_lib  # noqa: E402
@@ -236,18 +236,7 @@ def part_likelihood(out: str) -> None:
 def part_norm(out: str) -> None:
     b, reps, calls = SIZES["norm_batch"], SIZES["norm_reps"], 20
     shapes = [(b, 32, 32, 128), (b, 16, 16, 256), (b, 8, 8, 256)]
-    measured = []
-    for shape in shapes:
-        fns = jax_calls(shape, calls)
-        for fn in fns.values():
-            fn()
-        times = {k: [] for k in fns}
-        for _ in range(reps):
-            for k, fn in fns.items():  # interleaved
-                start = time.perf_counter()
-                fn()
-                times[k].append((time.perf_counter() - start) / calls)
-        measured.append({k: float(np.median(v)) for k, v in times.items()})
+    measured = time_jax(shapes, reps, calls)
     device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
     try:
         torch_rows = run_torch(sys.executable, shapes, reps, calls, device)

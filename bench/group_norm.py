@@ -88,6 +88,25 @@ def jax_calls(shape, calls: int = 1) -> dict:
     return out
 
 
+def time_jax(shapes, reps: int, calls: int = 1) -> list[dict]:
+    """Per shape, the median seconds per call of each of :func:`jax_calls`' functions (one
+    untimed warm-up call each, then ``reps`` timings of ``calls`` calls, the functions
+    interleaved)."""
+    measured = []
+    for shape in shapes:
+        fns = jax_calls(shape, calls)
+        for fn in fns.values():
+            fn()
+        times = {k: [] for k in fns}
+        for _ in range(reps):
+            for k, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - start) / calls)
+        measured.append({k: float(np.median(v)) for k, v in times.items()})
+    return measured
+
+
 def run_torch(python: str, shapes, reps: int, calls: int = 1, device: str = "cpu") -> list:
     """:data:`TORCH` in a child process of ``python``: [[fwd s, fwd+bwd s] per shape]."""
     done = subprocess.run([python, "-c", TORCH, json.dumps(shapes), str(reps), str(calls), device],
@@ -104,18 +123,7 @@ def main() -> None:
     parser.add_argument("--torch-python", default="", help="a Python with torch")
     parser.add_argument("--reps", type=int, default=30)
     args = parser.parse_args()
-    measured = []
-    for shape in SHAPES:
-        calls = jax_calls(shape)
-        for fn in calls.values():
-            fn()
-        times = {k: [] for k in calls}
-        for _ in range(args.reps):
-            for k, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - start)
-        measured.append({k: float(np.median(v)) for k, v in times.items()})
+    measured = time_jax(SHAPES, args.reps)
     torch_rows = run_torch(args.torch_python, SHAPES, args.reps) if args.torch_python else None
     rows = []
     for i, shape in enumerate(SHAPES):
