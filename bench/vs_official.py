@@ -208,7 +208,8 @@ def ratio_cell(r: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # no abbreviations: --device and --no-pin are also read from sys.argv before JAX starts (top)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--official", required=True, help="path of a score_sde_pytorch checkout")
     parser.add_argument("--torch-python", default=sys.executable, help="a Python with torch")
     parser.add_argument("--batch", type=int, default=8)
