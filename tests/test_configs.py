@@ -17,7 +17,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # configs/ is imported from the repository root, as by main.py
     sys.path.insert(0, str(ROOT))
 
-
 from score_sde_jax import guidance, likelihood, ode_solver, sampling, sde_lib  # noqa: E402
 from score_sde_jax.models import utils  # noqa: E402
 
