@@ -5,13 +5,18 @@ the user's ``~/.cache``: a program that the other worker or a subprocess compile
 loaded, and a repeated run of the suite loads its steps instead of compiling them. The workers
 store every program, not only those over ``setup_compilation_cache``'s 0.5 s: ~3,100 of each
 worker's ~3,250 compilations are shorter, many of them the same small programs in both workers
-(the whole suite, empty cache: 1,230 -> 1,162 CPU-s, 2026-12-04)."""
+(the whole suite, empty cache: 1,230 -> 1,162 CPU-s, 2026-12-04). Every program compiles at
+``training_helpers.TEST_XLA_FLAG``'s level."""
 
 import os
 from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax is imported
+
+from training_helpers import with_test_xla_flag  # noqa: E402  (XLA reads XLA_FLAGS at first use)
+
+os.environ["XLA_FLAGS"] = with_test_xla_flag(
+    os.environ.get("XLA_FLAGS", "--xla_force_host_platform_device_count=8"))
 os.environ.setdefault("SCORE_SDE_JAX_CACHE",
                       str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_compilation_cache"))
 
