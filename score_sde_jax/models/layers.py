@@ -110,7 +110,6 @@ def _ddpm_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
         dtype=x.dtype,
-        conv_general_dilated=conv.conv_general_dilated,
     )(x)
 
 
