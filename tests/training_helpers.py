@@ -19,8 +19,8 @@ from configs.toy_gmm import get_config as toy_gmm_config  # noqa: E402
 
 # The suite's programs compile at XLA's CPU backend optimization level 1 instead of its default:
 # the same HLO and no fast math, less LLVM work, but the machine code may round differently in
-# the last bits. Whole suite on 2 cores, empty cache (2026-12-04): 8:49 -> 7:49 wall, 953 -> 837
-# user CPU-s. Every process of the suite gets it: the workers (conftest.py) and the
+# the last bits. `.ci/run` on 2 idle cores, empty cache (2026-12-04): 8:49 -> 7:30 wall, 953 ->
+# 805 user CPU-s. Every process of the suite gets it: the workers (conftest.py) and the
 # main.py runs they start (subprocess_env). Benchmarks and users compile at XLA's default, and so
 # does test_evaluation_multihost.py, whose processes compare adaptive-ODE bits/dim to 1e-5: at
 # level 1 its one- and two-device programs rounded differently (2 of 40 values 1e-3 apart).
