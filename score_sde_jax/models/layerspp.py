@@ -7,7 +7,6 @@ Every layer computes in its input's dtype (see ``layers``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -22,6 +21,8 @@ conv1x1 = layers.ddpm_conv1x1
 conv3x3 = layers.ddpm_conv3x3
 NIN = layers.NIN
 default_init = layers.default_init
+residual = layers.residual
+Dropout = layers.Dropout
 FirKernel = tuple[int, ...]
 
 
@@ -30,9 +31,6 @@ def group_norm(x: Array) -> Array:
     return layers.group_norm(x, min(x.shape[-1] // 4, 32))
 
 
-def residual(x: Array, h: Array, skip_rescale: bool) -> Array:
-    """x + h, over √2 with ``skip_rescale`` (a Python float: bfloat16 stays bfloat16)."""
-    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 class GaussianFourierProjection(nn.Module):
@@ -130,7 +128,7 @@ def _branch_tail(h: Array, temb: Array | None, out_ch: int, act: Callable, dropo
     if temb is not None:
         h = h + layers.dense(act(temb), out_ch, h.dtype)[:, None, None, :]
     h = act(group_norm(h))
-    h = nn.Dropout(dropout)(h, deterministic=not train)
+    h = Dropout(dropout)(h, deterministic=not train)
     return conv3x3(h, out_ch, init_scale=init_scale)
 
 
