@@ -89,10 +89,19 @@ def maybe_remat(cls: type, config, static_argnums: tuple[int, ...] = ()) -> type
     return _remat_class(cls, tuple(static_argnums))
 
 
+def _same(v: Array) -> Array:
+    return v
+
+
+def _times_one(v: Array) -> Array:
+    return v * jnp.ones((), v.dtype)
+
+
 def _through_a_conditional(x: Array) -> Array:
     flat = x.reshape(-1)
     # Both branches return x; the predicate (false only for a NaN) is not known to the compiler.
-    return lax.cond(flat[0] == flat[0], lambda v: v, lambda v: v * jnp.ones((), v.dtype), x)
+    # Module-level branches: JAX reuses their traces for equal shapes.
+    return lax.cond(flat[0] == flat[0], _same, _times_one, x)
 
 
 def materialize(x: Array) -> Array:
@@ -109,7 +118,7 @@ def materialize(x: Array) -> Array:
     element of x: over several devices that is a scalar all-reduce per call."""
     if x.size == 0:
         return x
-    return lax.platform_dependent(x, cpu=_through_a_conditional, default=lambda v: v)
+    return lax.platform_dependent(x, cpu=_through_a_conditional, default=_same)
 
 
 def residual(x: Array, h: Array, skip_rescale: bool = False) -> Array:
@@ -237,8 +246,10 @@ def group_norm_apply(x: Array, scale: Array, bias: Array, num_groups: int,
     (B, C) result; the output is one elementwise pass y = x · a + b with a = scale / √(σ² + ε)
     and b = bias − μ · a per (example, channel) (its autodiff backward is 1.2-1.4x faster on
     CPU than that of (x − μ) · a + bias; the extra rounding, ~ε·|μ|/σ, is below that of the
-    variance formula, ~ε·μ²/σ²). Computed in :func:`full_precision` of x's dtype, returned in
-    x's dtype. Differentiable in both modes (plain jnp operations)."""
+    variance formula, ~ε·μ²/σ²). a and b are :func:`materialize`d: otherwise XLA:CPU
+    recomputes them, group-to-channel index arithmetic included, for every element of the pass
+    (0.28 -> 0.19 ms forward at 8x32x32x128, one core). Computed in :func:`full_precision` of
+    x's dtype, returned in x's dtype. Differentiable in both modes."""
     b, c = x.shape[0], x.shape[-1]
     if c % num_groups:
         raise ValueError(f"GroupNorm: {c} channels are not divisible into {num_groups} groups")
@@ -253,7 +264,7 @@ def group_norm_apply(x: Array, scale: Array, bias: Array, num_groups: int,
     mean = group_mean(jnp.sum(xf, axis=1))
     var = jnp.maximum(group_mean(jnp.sum(xf * xf, axis=1)) - mean * mean, 0.0)
     mul = jax.lax.rsqrt(var + epsilon) * scale.astype(dtype)
-    add = bias.astype(dtype) - mean * mul
+    mul, add = materialize(jnp.stack([mul, bias.astype(dtype) - mean * mul]))
     return (xf * mul[:, None, :] + add[:, None, :]).astype(x.dtype).reshape(x.shape)
 
 
