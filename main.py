@@ -69,6 +69,11 @@ flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs on disk
                   "in later runs (JAX's persistent compilation cache).")
 flags.DEFINE_string("compilation_cache_dir", None, "Folder of the compilation cache (default "
                     "$SCORE_SDE_JAX_CACHE or ~/.cache/score_sde_jax/jax).")
+flags.DEFINE_bool("keep_host_memory", True, "Keep freed host memory for reuse (glibc malloc: "
+                  "one arena, no mmap per large block, no trimming): XLA:CPU allocates each "
+                  "step's temporaries afresh, and otherwise page-faults them in every step "
+                  "(CIFAR-10 DDPM++ on one core: 3.50 -> 3.06 s a step). The process keeps its "
+                  "peak host memory.")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 PROG = "main.py"
 
@@ -255,6 +260,8 @@ def _latents(config, workdir: str, mode: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     _parse(sys.argv if argv is None else argv)
     cli.run_cli(PROG, lambda: check_flags(FLAGS.workdir, FLAGS.mode))
+    if FLAGS.keep_host_memory:
+        cli.keep_freed_host_memory()
     if FLAGS.compilation_cache:
         cli.setup_compilation_cache(FLAGS.compilation_cache_dir)
     from score_sde_jax import checkpoints, preemption, run_lib

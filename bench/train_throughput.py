@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
-from score_sde_jax import sharding, train_lib  # noqa: E402
+from score_sde_jax import cli, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 CONFIGS = [  # (row name, config file, each example alone); the first row is the baseline
@@ -80,7 +80,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed updates per config")
     parser.add_argument("--only", default="", help="keep configs whose name contains this")
+    parser.add_argument("--no-keep-host-memory", action="store_true",
+                        help="leave glibc's allocator as it is (main.py --nokeep_host_memory)")
     args = parser.parse_args()
+    if not args.no_keep_host_memory:  # as main.py runs (before JAX's backend starts)
+        cli.keep_freed_host_memory()
     rows, baseline = [], None
     for name, path, alone in CONFIGS:
         if args.only.lower() not in name.lower() and baseline is not None:

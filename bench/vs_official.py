@@ -21,7 +21,9 @@ the project is faster: median [min, max] over the pairs, of the wall times and o
 CPU times (on a loaded machine the CPU-time ratio is the steadier one). One core each: torch
 with ``set_num_threads(1)``, XLA with ``--xla_cpu_multi_thread_eigen=false``, and both processes
 pinned to the same core (``os.sched_setaffinity``; XLA:CPU still runs part of the step on a
-thread pool whatever those flags say). Compile time of the full-size train steps: trace +
+thread pool whatever those flags say). The project's process keeps freed host memory as
+``main.py`` does (``cli.keep_freed_host_memory``; ``--no-keep-host-memory``: glibc's defaults).
+Compile time of the full-size train steps: trace +
 ``lower().compile()`` with an empty persistent compilation cache (a fresh temporary folder),
 then again in a fresh trace with the cache filled.
 
@@ -230,7 +232,11 @@ def main() -> None:
                         help="do not pin both processes to one core (then XLA may use more)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: both on the GPU (official CUDA extensions built by torch)")
+    parser.add_argument("--no-keep-host-memory", action="store_true",
+                        help="leave glibc's allocator as it is (main.py --nokeep_host_memory)")
     args = parser.parse_args()
+    if not args.no_keep_host_memory:  # as main.py runs the project (before JAX's backend starts)
+        cli.keep_freed_host_memory()
 
     if not any(args.only.lower() in name.lower() for name, *_ in CASES):
         parser.error(f"--only {args.only!r} matches none of {[name for name, *_ in CASES]}")

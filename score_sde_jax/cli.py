@@ -12,10 +12,15 @@ XLA programs are written under ``directory`` (default ``$SCORE_SDE_JAX_CACHE`` o
 shapes, flags and JAX version) loads it instead of compiling again -- a resumed run, ``--mode
 sample`` or ``--mode eval`` of a trained config skips most of its compile time.
 ``SCORE_SDE_JAX_CACHE=off`` (or ``main.py --nocompilation_cache``) turns it off.
+
+``keep_freed_host_memory()`` makes glibc's allocator keep and reuse freed memory (see there);
+``main.py --nokeep_host_memory`` leaves the allocator as it is.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import importlib.util
 import logging
@@ -166,3 +171,32 @@ def setup_compilation_cache(directory: str | os.PathLike | None = None,
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def keep_freed_host_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse: one arena for every thread, large blocks
+    from the heap rather than from their own ``mmap``, and the heap never trimmed
+    (``mallopt``; the process then keeps its peak host memory). Call before JAX starts its
+    backend. Returns False (and changes nothing) where the C library is not glibc.
+
+    XLA:CPU allocates the temporaries of each execution afresh on a worker thread: for the
+    CIFAR-10 DDPM++ train step one ~1 GB block, which glibc serves from a new ``mmap`` (a
+    thread's arena cannot hold it) and unmaps after the step, so every step page-faults the
+    whole block in again: 262 k page faults and 0.3-0.4 s of kernel time a step, 3.50 s
+    against 3.06 s a step once the block is reused (one core, BENCHMARKS.md section 10). The
+    ``MALLOC_*`` environment variables cannot reach it: without one arena the block never
+    leaves ``mmap``."""
+    path = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(path)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p  # only glibc has it
+    except (OSError, AttributeError, TypeError):
+        return False
+    if not path or not libc.gnu_get_libc_version():
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in
+               ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
