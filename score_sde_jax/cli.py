@@ -174,22 +174,24 @@ def setup_compilation_cache(directory: str | os.PathLike | None = None,
 
 
 # glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def keep_freed_host_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse: one arena for every thread, large blocks
-    from the heap rather than from their own ``mmap``, and the heap never trimmed
-    (``mallopt``; the process then keeps its peak host memory). Call before JAX starts its
-    backend. Returns False (and changes nothing) where the C library is not glibc.
+    """Make the temporaries of each CPU execution reuse the memory of the last one: glibc's
+    malloc serves large blocks from the heap rather than from their own ``mmap`` and never
+    trims the heap (``mallopt``; the process keeps its peak host memory), and JAX runs a
+    single-device CPU computation on the calling thread (``jax_cpu_enable_async_dispatch``
+    off), whose allocations come from that heap. Call before JAX's CPU backend starts. Returns
+    False (and changes nothing) where the C library is not glibc.
 
-    XLA:CPU allocates the temporaries of each execution afresh on a worker thread: for the
-    CIFAR-10 DDPM++ train step one ~1 GB block, which glibc serves from a new ``mmap`` (a
-    thread's arena cannot hold it) and unmaps after the step, so every step page-faults the
-    whole block in again: 262 k page faults and 0.3-0.4 s of kernel time a step, 3.50 s
-    against 3.06 s a step once the block is reused (one core, BENCHMARKS.md section 10). The
-    ``MALLOC_*`` environment variables cannot reach it: without one arena the block never
-    leaves ``mmap``."""
+    XLA:CPU allocates the temporaries of each execution afresh: for the CIFAR-10 DDPM++ train
+    step one ~1 GB block. Allocated on a JAX worker thread, whose glibc arena cannot hold a
+    block beyond 64 MB, it is mapped with ``mmap`` and unmapped after the step, so every step
+    page-faults it in again: 262 k page faults and 0.3-0.4 s of kernel time a step, 3.68 s
+    against 3.20 s a step once the block is reused (one core, BENCHMARKS.md section 10).
+    The ``MALLOC_*`` environment variables cannot reach that path; one arena for all threads
+    (``M_ARENA_MAX`` 1) can, but slows XLA's multi-threaded compilation by 5-10 s."""
     path = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(path)
@@ -198,5 +200,10 @@ def keep_freed_host_memory() -> bool:
         return False
     if not path or not libc.gnu_get_libc_version():
         return False
-    return all(libc.mallopt(param, value) == 1 for param, value in
-               ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+    if not all(libc.mallopt(param, value) == 1
+               for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))):
+        return False
+    import jax  # here, not at the top: main.py reports a bad flag without loading JAX
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
