@@ -193,12 +193,14 @@ def keep_freed_host_memory() -> bool:
     The ``MALLOC_*`` environment variables cannot reach that path; one arena for all threads
     (``M_ARENA_MAX`` 1) can, but slows XLA's multi-threaded compilation by 5-10 s."""
     path = ctypes.util.find_library("c")
+    if not path:
+        return False
     try:
         libc = ctypes.CDLL(path)
         libc.gnu_get_libc_version.restype = ctypes.c_char_p  # only glibc has it
-    except (OSError, AttributeError, TypeError):
+    except (OSError, AttributeError):
         return False
-    if not path or not libc.gnu_get_libc_version():
+    if not libc.gnu_get_libc_version():
         return False
     if not all(libc.mallopt(param, value) == 1
                for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))):

@@ -31,8 +31,6 @@ def group_norm(x: Array) -> Array:
     return layers.group_norm(x, min(x.shape[-1] // 4, 32))
 
 
-
-
 class GaussianFourierProjection(nn.Module):
     """Random Fourier features of a scalar: [sin(2π x W), cos(2π x W)], W ~ N(0, scale²).
 
