@@ -8,6 +8,7 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from training_helpers import ROOT, max_abs_diff, tiny_toy_config
 
@@ -192,6 +193,34 @@ def test_warmup_clipping_adam_and_ema_are_exact(grad_clip):
     ema = 0.5 * (0.5 * 0.0 + 0.5 * w1) + 0.5 * (3 * w1)  # r e + (1 - r) p after each update
     np.testing.assert_allclose(state.params_ema["w"], ema, rtol=1e-5, atol=1e-8)
     assert int(state.step) == 3
+
+
+def test_global_norm_and_the_official_clipping():
+    """global_norm sums the small leaves as one vector and equals optax's norm (to float32
+    rounding); the clipping multiplies every leaf by min(max / (norm + 1e-6), 1) as
+    torch.nn.utils.clip_grad_norm_ does, and its optimizer state has the structure of
+    optax.clip_by_global_norm's (checkpoints written before restore)."""
+    rng = np.random.default_rng(0)
+    tree = {"big": jnp.asarray(rng.normal(size=(70, 70)), jnp.float32),
+            "small": [jnp.asarray(rng.normal(size=n), jnp.float32) for n in (3, 128, 4096)],
+            "half": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)}
+    norm = float(train_lib.global_norm(tree))
+    want = float(np.sqrt(sum(np.sum(np.square(np.asarray(v, np.float64)))
+                             for v in jax.tree_util.tree_leaves(tree))))
+    assert norm == pytest.approx(want, rel=1e-6)
+    assert norm == pytest.approx(float(optax.tree.norm(tree)), rel=1e-6)
+    for max_norm, factor in ((1.0, 1.0 / (want + 1e-6)), (1e3, 1.0)):
+        clipped, _ = train_lib.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+        for c, g in zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(tree),
+                        strict=True):
+            assert c.dtype == g.dtype
+            np.testing.assert_allclose(np.asarray(c, np.float32), np.asarray(g, np.float32) * factor,
+                                       rtol=1e-2 if g.dtype == jnp.bfloat16 else 1e-6)
+    config = tiny_toy_config()
+    params = {"w": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lambda count: 1e-3))
+    assert (jax.tree_util.tree_structure(train_lib.get_optimizer(config).init(params))
+            == jax.tree_util.tree_structure(reference.init(params)))
 
 
 def test_unknown_task_names_the_key():
