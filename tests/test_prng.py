@@ -38,6 +38,18 @@ def test_a_batch_key_acts_on_each_example_key():
                                   jax.random.normal(keys[1], (1, 2))[0])
     with pytest.raises(ValueError, match="draws shapes \\(3, ...\\), not \\(2, 4\\)"):
         jax.random.normal(prng.batch_key(keys), (2, 4))
+
+
+@pytest.mark.parametrize("data", [0, 7, 2**31 + 5, 2**32 - 1])
+def test_a_batch_key_folds_in_as_jax_does(data):
+    """The batch key's fold_in (threefry written out) gives jax.random.fold_in's keys for any
+    32-bit value, traced or not (Flax folds module-path hashes into the dropout key)."""
+    keys = jax.random.split(jax.random.PRNGKey(5), 4)
+    want = np.stack([jax.random.key_data(jax.random.fold_in(k, data)) for k in keys])
+    got = jax.random.key_data(jax.random.fold_in(prng.batch_key(keys), data))
+    np.testing.assert_array_equal(got, want)
+    traced = jax.jit(lambda k, d: jax.random.key_data(jax.random.fold_in(prng.batch_key(k), d)))
+    np.testing.assert_array_equal(traced(keys, np.uint32(data)), want)
     with pytest.raises(ValueError, match="batch_key takes a batch of keys"):
         prng.batch_key(keys[0])
 
