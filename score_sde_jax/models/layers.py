@@ -235,6 +235,7 @@ class NIN(nn.Module):
         return conv.dense(x, w.astype(x.dtype)) + b.astype(x.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("num_groups", "epsilon"))
 def group_norm_apply(x: Array, scale: Array, bias: Array, num_groups: int,
                      epsilon: float = 1e-6) -> Array:
     """GroupNorm of channels-last x (B, ..., C): per example and group of C / G channels,
@@ -249,7 +250,9 @@ def group_norm_apply(x: Array, scale: Array, bias: Array, num_groups: int,
     variance formula, ~ε·μ²/σ²). a and b are :func:`materialize`d: otherwise XLA:CPU
     recomputes them, group-to-channel index arithmetic included, for every element of the pass
     (0.28 -> 0.19 ms forward at 8x32x32x128, one core). Computed in :func:`full_precision` of
-    x's dtype, returned in x's dtype. Differentiable in both modes."""
+    x's dtype, returned in x's dtype. Differentiable in both modes. Jitted: traced once per
+    shape (95 calls, 5 shapes in the CIFAR-10 DDPM++; its train step traces 1.3 s faster) and
+    inlined into the caller's program."""
     b, c = x.shape[0], x.shape[-1]
     if c % num_groups:
         raise ValueError(f"GroupNorm: {c} channels are not divisible into {num_groups} groups")
