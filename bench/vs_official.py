@@ -91,7 +91,7 @@ from bench.vs_official_sampling import (  # noqa: E402
     sampling_calls,
     sampling_row,
 )
-from score_sde_jax import checkpoints, cli, sharding, train_lib  # noqa: E402
+from score_sde_jax import checkpoints, cli, logging_utils, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 CALLS = ("forward", "train_step", "pc", "ode")
@@ -201,7 +201,9 @@ def compile_times(config, x: np.ndarray) -> list[tuple[float, float]]:
     for _ in range(2):
         train_lib._JITTED.clear()
         jax.clear_caches()
-        out.append(seconds(lambda: train_lib.compile_train_step(config, mesh).lower(state, batch).compile()))
+        with logging_utils.cyclic_gc_paused():  # as main.py's first call (announce_compile)
+            out.append(seconds(
+                lambda: train_lib.compile_train_step(config, mesh).lower(state, batch).compile()))
     return out
 
 

@@ -8,6 +8,7 @@ Only process 0 writes; on the other processes every writer is a no-op.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -109,12 +110,31 @@ def _count_cache_hits(event: str, **_) -> None:
 jax.monitoring.register_event_listener(_count_cache_hits)
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside the block (as it was after). Tracing a
+    network allocates millions of short-lived objects, and the collections they trigger walk
+    every live object: 1.1 of the 3.6 s of tracing and lowering the CIFAR-10 DDPM++ train
+    step (BENCHMARKS.md section 13). Reference counting still frees all but cycles, which the
+    next collection after the block finds."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def announce_compile(fn: Callable[..., T], what: str,
                      progress: Progress | None = None) -> Callable[..., T]:
     """``fn`` (a jitted function) that logs ``compiling the {what} ...`` before its first call
-    and ``compiled the {what} in 12.3 s`` after it (the first call traces and compiles; its
-    execution is dispatched asynchronously and hardly counted); that time is left out of
-    ``progress``'s rates. Later calls go straight to ``fn``."""
+    and ``compiled the {what} in 12.3 s`` once it is compiled. The first call traces and
+    compiles (``fn.lower(...).compile()``, with :func:`cyclic_gc_paused`; the jitted function
+    then reuses that program), logs, then runs: the time logged is the compilation's alone,
+    whether execution is asynchronous or not (``cli.keep_freed_host_memory`` makes it
+    synchronous on CPU), and both are left out of ``progress``'s rates. A ``fn`` without
+    ``lower`` is timed over its whole first call. Later calls go straight to ``fn``."""
     done = False
 
     def call(*args, **kwargs):
@@ -123,11 +143,16 @@ def announce_compile(fn: Callable[..., T], what: str,
             return fn(*args, **kwargs)
         logging.info("compiling the %s ...", what)
         hits, start = _CACHE_HITS[0], time.perf_counter()
+        lower = getattr(fn, "lower", None)
         with progress.paused() if progress is not None else contextlib.nullcontext():
-            out = fn(*args, **kwargs)
-        cached = _CACHE_HITS[0] - hits
-        logging.info("compiled the %s in %.1f s%s", what, time.perf_counter() - start,
-                     f" ({cached} program(s) loaded from the compilation cache)" if cached else "")
+            with cyclic_gc_paused():
+                out = fn(*args, **kwargs) if lower is None else lower(*args, **kwargs).compile()
+            cached = _CACHE_HITS[0] - hits
+            logging.info("compiled the %s in %.1f s%s", what, time.perf_counter() - start,
+                         f" ({cached} program(s) loaded from the compilation cache)" if cached
+                         else "")
+            if lower is not None:
+                out = fn(*args, **kwargs)
         done = True
         return out
 

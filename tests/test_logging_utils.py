@@ -2,6 +2,7 @@
 lines do not break, rates without paused time, a line around every compilation, and a
 persistent compilation cache that a second process reads back."""
 
+import gc
 import io
 import logging
 import subprocess
@@ -100,6 +101,44 @@ def test_announce_compile_logs_the_first_call_only(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == "compiling the doubler ..."
     assert messages[1].startswith("compiled the doubler in ") and len(messages) == 2
+
+
+def test_announce_compile_logs_the_compile_before_the_first_run(caplog):
+    """The compile time is logged once the program is compiled, before it first runs (on CPU
+    that run is synchronous, and a full-size train step takes seconds), with the cyclic garbage
+    collector paused while it traces and compiles."""
+    caplog.set_level(logging.INFO)
+    events = []
+
+    def record(x):
+        events.append(("ran", gc.isenabled(), len(caplog.records)))
+        return x
+
+    def f(x):
+        events.append(("traced", gc.isenabled()))
+        return jax.pure_callback(record, jax.ShapeDtypeStruct((), jnp.float32), x * 2)
+
+    g = logging_utils.announce_compile(jax.jit(f), "recorder")
+    assert gc.isenabled()
+    assert float(g(jnp.float32(2))) == 4.0
+    logged = [r.getMessage().split(" in ")[0] for r in caplog.records]
+    assert logged == ["compiling the recorder ...", "compiled the recorder"]
+    assert events == [("traced", False), ("ran", True, 2)] and gc.isenabled()  # ran after both lines
+    assert float(g(jnp.float32(3))) == 6.0 and len(caplog.records) == 2
+
+
+def test_cyclic_gc_paused_restores_the_collector():
+    assert gc.isenabled()
+    with logging_utils.cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with logging_utils.cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # left off, as it was
+    finally:
+        gc.enable()
 
 
 _COMPILE = """
