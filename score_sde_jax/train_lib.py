@@ -81,53 +81,23 @@ def get_optimizer(config) -> optax.GradientTransformation:
     o = config.optim
     if str(o.optimizer).lower() != "adam":
         raise ValueError(f"config.optim.optimizer={o.optimizer!r}: only 'Adam' is implemented")
-    tx = leaf_by_leaf(optax.adamw(learning_rate(config), b1=o.beta1, b2=o.get("beta2", 0.999),
-                                  eps=o.eps, weight_decay=o.weight_decay))
+    tx = optax.adamw(learning_rate(config), b1=o.beta1, b2=o.get("beta2", 0.999), eps=o.eps,
+                     weight_decay=o.weight_decay)
     if o.grad_clip is not None and o.grad_clip > 0:
         tx = optax.chain(clip_by_global_norm(float(o.grad_clip)), tx)
     return tx
-
-
-def leaf_by_leaf(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``tx`` (elementwise: Adam, weight decay, a schedule) updating by one jitted call per leaf:
-    the same state and, to float rounding, values, traced once per leaf shape instead of every
-    operation once per leaf (564 leaves, 26 shapes in the CIFAR-10 DDPM++: 0.3 s less tracing
-    and lowering; XLA inlines the calls). The state's subtrees shaped like the updates are
-    split into leaves; the rest (step counts) goes to every call and back from the first."""
-
-    @jax.jit
-    def one(update, state, param):
-        return tx.update(update, state, param)
-
-    def update(updates, state, params=None):
-        leaves, treedef = jax.tree_util.tree_flatten(updates)
-        if not leaves:
-            return tx.update(updates, state, params)
-
-        def per_leaf(sub) -> bool:
-            return not isinstance(sub, jax.Array) and jax.tree_util.tree_structure(sub) == treedef
-
-        parts, state_def = jax.tree_util.tree_flatten(state, is_leaf=per_leaf)
-        split = [(v, treedef.flatten_up_to(v) if per_leaf(v) else None) for v in parts]
-        param_leaves = [None] * len(leaves) if params is None else treedef.flatten_up_to(params)
-        outs = [one(u, state_def.unflatten([v if s is None else s[i] for v, s in split]), p)
-                for i, (u, p) in enumerate(zip(leaves, param_leaves, strict=True))]
-        # the new state: its per-leaf subtrees from every call, the rest from the first
-        flats = [jax.tree_util.tree_leaves(new_state) for _, new_state in outs]
-        merged = [flats[0][k] if s is None else treedef.unflatten([f[k] for f in flats])
-                  for k, (_, s) in enumerate(split)]
-        return treedef.unflatten([u for u, _ in outs]), state_def.unflatten(merged)
-
-    return optax.GradientTransformation(tx.init, update)
 
 
 _SMALL_LEAF = 4096
 
 
 def global_norm(tree) -> Array:
-    """‖tree‖₂ = √(Σ over leaves of Σ x²) in float32; the leaves of ≤ 4096 elements (377 of the
-    564 of the CIFAR-10 DDPM++) as one concatenated vector, one reduction instead of three
-    instructions each (XLA's compile time grows faster than that count: BENCHMARKS.md §13)."""
+    """‖tree‖₂ = √(Σ over leaves of Σ x²), in float32.
+
+    The leaves of at most 4096 elements (biases and norm scales: 377 of the 564 leaves of the
+    CIFAR-10 DDPM++) are squared and summed as one concatenated vector, one reduction for all
+    of them instead of three instructions each: XLA's compile time grows faster than the
+    number of instructions (BENCHMARKS.md section 13)."""
     leaves = [x.astype(jnp.float32) for x in jax.tree_util.tree_leaves(tree)]
     parts = [jnp.sum(jnp.square(x)) for x in leaves if x.size > _SMALL_LEAF]
     small = [x.ravel() for x in leaves if x.size <= _SMALL_LEAF]
@@ -137,10 +107,11 @@ def global_norm(tree) -> Array:
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """The official clipping (``torch.nn.utils.clip_grad_norm_``): g ← g · min(max_norm /
-    (‖g‖ + 1e-6), 1), ‖g‖ by :func:`global_norm`; optax's ``EmptyState`` as state (the
-    checkpoints of ``optax.clip_by_global_norm``). One scalar factor, which XLA fuses into
-    Adam's updates, where optax's ``(g / ‖g‖) · max_norm`` is a pass of its own per leaf."""
+    """The official clipping (``torch.nn.utils.clip_grad_norm_``): every gradient times one
+    factor, g ← g · min(max_norm / (‖g‖ + 1e-6), 1), ‖g‖ by :func:`global_norm`. Its state is
+    optax's ``EmptyState``, as that of ``optax.clip_by_global_norm`` (same checkpoints); unlike
+    optax's ``(g / ‖g‖) · max_norm`` per element, the scalar factor is a multiply that XLA fuses
+    into Adam's moment updates instead of a pass of its own for every leaf."""
 
     def update(updates, state, params=None):
         del params

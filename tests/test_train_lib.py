@@ -223,32 +223,6 @@ def test_global_norm_and_the_official_clipping():
             == jax.tree_util.tree_structure(reference.init(params)))
 
 
-def test_leaf_by_leaf_is_the_same_optimizer():
-    """leaf_by_leaf(adamw) keeps adamw's state and, to float32 rounding, its updates, over
-    steps of a warm-up schedule with weight decay; a single-array tree works too."""
-    rng = np.random.default_rng(1)
-    params = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-              "b": [jnp.asarray(rng.normal(size=5), jnp.float32), jnp.zeros((2, 2))]}
-    adamw = optax.adamw(lambda count: 1e-2 * jnp.minimum(count / 3.0, 1.0), weight_decay=0.01)
-    ours = train_lib.leaf_by_leaf(adamw)
-
-    def stepper(tx):
-        return jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(
-            *tx.update(g, s, p)))
-
-    steps = stepper(adamw), stepper(ours)
-    runs = [(params, adamw.init(params)), (params, ours.init(params))]
-    for _ in range(4):
-        g = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32),
-                                   params)
-        runs = [step(g, s, p) for step, (p, s) in zip(steps, runs, strict=True)]
-        assert jax.tree_util.tree_structure(runs[0]) == jax.tree_util.tree_structure(runs[1])
-        assert max_abs_diff(runs[0], runs[1]) < 1e-7
-    assert int(runs[1][1][0].count) == 4
-    u, state = ours.update(jnp.ones(3), ours.init(jnp.ones(3)), jnp.ones(3))
-    np.testing.assert_allclose(state[0].mu, 0.1 * np.ones(3), rtol=1e-6)
-
-
 def test_unknown_task_names_the_key():
     config = tiny_toy_config()
     config.training.task = "no_such_task"
