@@ -4,9 +4,11 @@
 
 For each full-size CIFAR-10 config (DDPM++ ``configs/vp/cifar10_ddpmpp_continuous.py``, NCSN++
 ``configs/ve/cifar10_ncsnpp_continuous.py``, batch 8, one device) a fresh process builds the
-state's shapes (``jax.eval_shape``, nothing initialised) and times what ``main.py``'s first call
+state's shapes (``train_lib.abstract_train_state``, nothing initialised, as ``run_lib`` does
+before the step) and times what ``main.py``'s first call
 of the step does before it runs (``logging_utils.announce_compile``): trace + lower
-(``compile_train_step(...).lower``) and XLA's compile (``.compile()``), with the persistent
+(``compile_train_step(...).lower``) and XLA's compile (``.compile()``; the step of a network
+of ≥ 50 M parameters is two programs compiled on two threads, ``train_lib.TwoPrograms``), with the persistent
 compilation cache in a new empty folder; a second process then compiles the same step from that
 folder, now filled. Python's cyclic garbage collector is paused as ``announce_compile`` pauses it
 (a checkout without ``logging_utils.cyclic_gc_paused`` runs with it on, as its ``main.py`` did).
@@ -42,7 +44,7 @@ cli.setup_compilation_cache(sys.argv[2], min_compile_secs=0.0)
 config = cli.load_config(sys.argv[1])
 config.training.batch_size = 8
 mesh = sharding.make_mesh(jax.devices()[:1])
-state = jax.eval_shape(lambda: train_lib.create_train_state(config, jax.random.PRNGKey(0)))
+state = train_lib.abstract_train_state(config)  # as run_lib makes its restore template
 size, channels = config.data.image_size, config.data.num_channels
 batch = {"image": jax.ShapeDtypeStruct((8, size, size, channels), jnp.float32),
          "label": jax.ShapeDtypeStruct((8,), jnp.int32)}

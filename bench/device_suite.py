@@ -108,9 +108,10 @@ def part_train(out: str, variants=VARIANTS["train"]) -> None:
         start = time.perf_counter()
         step = train_lib.compile_train_step(config, mesh).lower(state, batch).compile()
         compile_s = time.perf_counter() - start
-        mem = step.memory_analysis()
-        planned = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                   - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+        # A network of >= 50 M parameters: two programs (train_lib.TwoPrograms), the larger plan.
+        parts = (step.first, step.second) if isinstance(step, train_lib.TwoPrograms) else (step,)
+        planned = max(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                      + m.temp_size_in_bytes for m in (p.memory_analysis() for p in parts))
         for _ in range(2):
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
@@ -272,8 +273,9 @@ def part_table(out: str) -> None:
                 ["measurement", "value", "unit", *extra],
                 [[r["what"], fmt(r["value"]), r["unit"], *[fmt(r[k]) if k in r else "" for k in extra]]
                  for r in rows],
-                notes=["planned_gb: the compiled program's arguments + outputs - donated + "
-                       "temporaries; peak_gb: the device allocator's peak bytes in use so far in "
+                notes=["planned_gb: the compiled programs' arguments + outputs - donated + "
+                       "temporaries, the larger of the gradient's and the update's; "
+                       "peak_gb: the device allocator's peak bytes in use so far in "
                        "that part's process; init_s: the first create_train_state (compiles the "
                        "initialization); *_over_project > 1: the project is faster"])
 

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, load_config, machine, print_table  # noqa: E402
-from score_sde_jax import cli, sharding, train_lib  # noqa: E402
+from score_sde_jax import cli, losses, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 CONFIGS = [  # (row name, config file, each example alone); the first row is the baseline
@@ -37,12 +37,12 @@ CONFIGS = [  # (row name, config file, each example alone); the first row is the
 
 def measure(config_path: str, batch: int, steps: int, alone: bool = False) -> dict:
     """``alone``: the loss as a vmap of batch-of-one calls (the path of tasks other than "score",
-    ``train_lib.summed_per_example``) instead of one batched call."""
+    ``losses.summed_per_example``) instead of one batched call."""
     config = load_config(os.path.join(ROOT, config_path))
     config.training.batch_size = batch
     if alone:
         config.training.bench_alone = True  # another compiled step (train_lib.cached_jit)
-        with mock.patch.object(train_lib, "batched_loss", lambda config: False):
+        with mock.patch.object(losses, "batched_loss", lambda config: False):
             return measure_config(config, batch, steps)
     return measure_config(config, batch, steps)
 

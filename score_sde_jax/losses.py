@@ -205,3 +205,33 @@ def _score_loss(config, sde: sde_lib.SDE, model: nn.Module, train: bool) -> Step
         return loss_fn(rng_loss, fn, batch["image"], labels), {}
 
     return loss
+
+
+def summed_per_example(loss_fn: StepLoss, batched: bool = False
+                       ) -> Callable[[dict, Array, Batch], tuple[Array, dict]]:
+    """``(params, keys (b, 2), batch (b, ...)) -> (Σ_i loss_i, Σ_i aux_i)`` where loss_i is
+    ``loss_fn`` on example i alone with key ``keys[i]``. ``batched``: one call on the whole
+    batch with the per-example keys, times b (the same values for the score task,
+    :func:`batched_loss`); else ``vmap`` of batch-of-one calls (1.17× slower, BENCHMARKS.md §4)."""
+    if batched:
+        def whole(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
+            loss, aux = loss_fn(params, keys, batch)
+            return jax.tree_util.tree_map(lambda v: v * keys.shape[0], (loss, aux))
+
+        return whole
+
+    def summed(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
+        def one(key, example):
+            return loss_fn(params, key, jax.tree_util.tree_map(lambda v: v[None], example))
+
+        per_loss, per_aux = jax.vmap(one)(keys, batch)
+        return jnp.sum(per_loss), jax.tree_util.tree_map(jnp.sum, per_aux)
+
+    return summed
+
+
+def batched_loss(config) -> bool:
+    """True when the training loss can run on the whole batch with per-example keys: the score
+    task (its noise draws and dropout masks take one key per example, ``prng.batch_key``);
+    other tasks run each example alone (:func:`summed_per_example`)."""
+    return config.training.task == "score"

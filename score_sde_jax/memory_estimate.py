@@ -66,7 +66,7 @@ def saved_residual_bytes(config, batch_size: int) -> dict[str, int]:
     b, shape = batch_size // k, mutils.data_shape(config)
     sde, _ = sde_lib.get_sde(config)
     loss = losses.get_step_loss(config, sde, mutils.get_model(config), train=True)
-    summed = train_lib.summed_per_example(loss, train_lib.batched_loss(config))
+    summed = losses.summed_per_example(loss, losses.batched_loss(config))
     params = train_lib.abstract_train_state(config).params
     args = (params, jax.ShapeDtypeStruct((b, 2), jnp.uint32),
             {"image": jax.ShapeDtypeStruct((b, *shape), jnp.float32),

@@ -1,11 +1,9 @@
 """The training step: state, optimizer, EMA, gradient accumulation, compiled over a mesh.
 
 Everything here is pure: ``train_step(state, batch, rng) -> (state, metrics)`` maps arrays to
-arrays. Data parallelism is one code path for 1 device, many local devices and many hosts:
-``jax.jit`` over a 1-D ``('data',)`` mesh of *all* devices, the global batch sharded on axis 0
-(built from each process's local part by :func:`sharding.make_global_batch`) and the state replicated.
-XLA inserts the gradient all-reduce; random draws are over the global batch, so the result does
-not depend on how many devices or hosts share the batch (up to float summation order).
+arrays. Data parallelism is one code path for 1 device, many devices and many hosts: ``jax.jit``
+over a 1-D ``('data',)`` mesh of *all* devices, the global batch (:func:`sharding.make_global_batch`)
+sharded on axis 0, the state replicated; XLA inserts the gradient all-reduce.
 
 Optimizer (official score_sde, SPEC §3): gradients clipped to global norm
 ``config.optim.grad_clip`` as ``torch.nn.utils.clip_grad_norm_`` does
@@ -15,14 +13,13 @@ before this one, so the first update has lr 0, as in the official code). EMA aft
 ``params_ema ← r · params_ema + (1 − r) · params`` with r = ``config.model.ema_rate``.
 
 Random draws are per example: example i of the global batch draws its noise level, noise and
-dropout from ``split(step key, B)[i]``, and the loss is the mean of the per-example losses. So
-``config.training.grad_accum_steps`` = k (the batch cut into k microbatches, their gradients
-summed in a ``lax.scan`` before one update) gives the update of the whole batch up to float
-summation order, whatever k and the number of devices.
+dropout from ``split(step key, B)[i]``. So the update is that of the whole batch (up to float
+summation order) whatever the number of devices and hosts and ``config.training.grad_accum_steps``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from collections.abc import Callable, Mapping
 
@@ -63,8 +60,8 @@ _MAX_JITTED = 32
 
 
 def cached_jit(what: tuple, config, build: Callable[[], Callable]) -> Callable:
-    """The jitted function ``build()`` for (what, config), reused by later calls with an equal
-    config (so that repeated ``run_lib.train`` calls in one process compile once)."""
+    """``build()`` (a jitted function, the state's shapes) for (what, config), reused by later
+    calls with an equal config (so that repeated ``run_lib.train`` calls compile once)."""
     settings = json.loads(config.to_json_best_effort(sort_keys=True))
     for section, name in _SCHEDULE_KEYS:  # read by the loop only, never inside a jitted function
         settings.get(section, {}).pop(name, None)
@@ -92,12 +89,9 @@ _SMALL_LEAF = 4096
 
 
 def global_norm(tree) -> Array:
-    """‖tree‖₂ = √(Σ over leaves of Σ x²), in float32.
-
-    The leaves of at most 4096 elements (biases and norm scales: 377 of the 564 leaves of the
-    CIFAR-10 DDPM++) are squared and summed as one concatenated vector, one reduction for all
-    of them instead of three instructions each: XLA's compile time grows faster than the
-    number of instructions (BENCHMARKS.md section 13)."""
+    """‖tree‖₂ = √(Σ over leaves of Σ x²), in float32. The leaves of ≤ 4096 elements (377 of the
+    564 of the CIFAR-10 DDPM++) as one concatenated vector, one reduction instead of three
+    instructions each: XLA's compile time grows faster than a program (BENCHMARKS.md §13)."""
     leaves = [x.astype(jnp.float32) for x in jax.tree_util.tree_leaves(tree)]
     parts = [jnp.sum(jnp.square(x)) for x in leaves if x.size > _SMALL_LEAF]
     small = [x.ravel() for x in leaves if x.size <= _SMALL_LEAF]
@@ -108,10 +102,9 @@ def global_norm(tree) -> Array:
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """The official clipping (``torch.nn.utils.clip_grad_norm_``): every gradient times one
-    factor, g ← g · min(max_norm / (‖g‖ + 1e-6), 1), ‖g‖ by :func:`global_norm`. Its state is
-    optax's ``EmptyState``, as that of ``optax.clip_by_global_norm`` (same checkpoints); unlike
-    optax's ``(g / ‖g‖) · max_norm`` per element, the scalar factor is a multiply that XLA fuses
-    into Adam's moment updates instead of a pass of its own for every leaf."""
+    factor, g ← g · min(max_norm / (‖g‖ + 1e-6), 1), ‖g‖ by :func:`global_norm`; a multiply
+    XLA fuses into Adam's moments. Its state is ``EmptyState``, as ``optax.clip_by_global_norm``'s
+    (same checkpoints)."""
 
     def update(updates, state, params=None):
         del params
@@ -137,16 +130,13 @@ def _state(tx: optax.GradientTransformation, params: dict, params_ema: dict, ste
 
 def _fresh_state_fn(config) -> Callable[[Array], TrainState]:
     """``rng (2,) uint32 -> TrainState`` at step 0 (traceable)."""
-    init = mutils.init_model
     tx = get_optimizer(config)
 
     def fresh(rng: Array) -> TrainState:
-        variables = dict(init(jax.random.fold_in(rng, 1), config))
-        extra = sorted(set(variables) - {"params"})
-        if extra:
-            raise ValueError(f"the network of config.model.name={config.model.name!r} has "
-                             f"variable collections {extra} besides 'params'; training "
-                             "supports 'params' only")
+        variables = dict(mutils.init_model(jax.random.fold_in(rng, 1), config))
+        if extra := sorted(set(variables) - {"params"}):
+            raise ValueError(f"the network of config.model.name={config.model.name!r} has variable "
+                             f"collections {extra} besides 'params'; training supports 'params' only")
         params = variables["params"]
         return _state(tx, params, jax.tree_util.tree_map(jnp.copy, params), 0, rng)
 
@@ -174,45 +164,12 @@ def create_train_state(config, rng: Array) -> TrainState:
 
 
 def abstract_train_state(config, sharding: jax.sharding.Sharding | None = None) -> TrainState:
-    """The state's tree of ``jax.ShapeDtypeStruct`` (no computation): a cheap template for
-    ``checkpoints.restore``. ``sharding`` defaults to the first local device."""
+    """The state's tree of ``jax.ShapeDtypeStruct`` (no computation; traced once per config): a
+    cheap template for ``checkpoints.restore``. ``sharding`` defaults to the first local device."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(_fresh_state_fn(config), jax.ShapeDtypeStruct((2,), jnp.uint32))
-    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                                  shapes)
-
-
-def summed_per_example(loss_fn: StepLoss, batched: bool = False
-                       ) -> Callable[[dict, Array, Batch], tuple[Array, dict]]:
-    """``(params, keys (b, 2), batch (b, ...)) -> (Σ_i loss_i, Σ_i aux_i)`` where loss_i is
-    ``loss_fn`` on example i alone (a batch of one) with key ``keys[i]``.
-
-    ``batched``: one call of ``loss_fn`` on the whole batch with the per-example keys, times b
-    (the same values when the loss draws example i's noise from ``keys[i]`` and the network
-    treats examples independently, as the score task: :func:`batched_loss`);
-    else ``vmap`` of batch-of-one calls (1.17× slower a step on CPU, BENCHMARKS.md §4)."""
-    if batched:
-        def whole(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
-            loss, aux = loss_fn(params, keys, batch)
-            return jax.tree_util.tree_map(lambda v: v * keys.shape[0], (loss, aux))
-
-        return whole
-
-    def summed(params: dict, keys: Array, batch: Batch) -> tuple[Array, dict]:
-        def one(key, example):
-            return loss_fn(params, key, jax.tree_util.tree_map(lambda v: v[None], example))
-
-        per_loss, per_aux = jax.vmap(one)(keys, batch)
-        return jnp.sum(per_loss), jax.tree_util.tree_map(jnp.sum, per_aux)
-
-    return summed
-
-
-def batched_loss(config) -> bool:
-    """True when the training loss can run on the whole batch with per-example keys: the score
-    task (its noise draws and dropout masks take one key per example, ``prng.batch_key``);
-    other tasks run each example alone (:func:`summed_per_example`)."""
-    return config.training.task == "score"
+    shapes = cached_jit(("shapes",), config, lambda: jax.eval_shape(
+        _fresh_state_fn(config), jax.ShapeDtypeStruct((2,), jnp.uint32)))
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 def grad_accum_steps(config) -> int:
@@ -224,10 +181,8 @@ def grad_accum_steps(config) -> int:
 
 
 def check_grad_accum(config, mesh: Mesh) -> int:
-    """``config.training.grad_accum_steps`` = k checked against the global batch and the mesh
-    before any work (the checks :func:`microbatches` makes when the step is traced): k a
-    positive integer dividing ``config.training.batch_size`` into microbatches that are a
-    multiple of the number of devices. Returns k."""
+    """``config.training.grad_accum_steps`` = k, checked before any work as :func:`microbatches`
+    checks it when the step is traced (k divides the batch into multiples of the device count)."""
     k = grad_accum_steps(config)
     _check_split(int(config.training.batch_size), k, mesh, "config.training.batch_size")
     return k
@@ -246,8 +201,7 @@ def _check_split(size: int, k: int, mesh: Mesh | None, what: str) -> None:
 def microbatches(tree, k: int, mesh: Mesh | None = None):
     """(B, ...) leaves -> (k, B/k, ...): microbatch j holds examples j, j + k, j + 2k, ... so
     that each device keeps its own rows (with ``mesh``, microbatches are sharded over 'data')."""
-    sizes = {v.shape[0] for v in jax.tree_util.tree_leaves(tree)}
-    (size,) = sizes
+    (size,) = {v.shape[0] for v in jax.tree_util.tree_leaves(tree)}
     _check_split(size, k, mesh, "the global batch")
 
     def split(v):
@@ -257,29 +211,24 @@ def microbatches(tree, k: int, mesh: Mesh | None = None):
     return jax.tree_util.tree_map(split, tree)
 
 
-def get_train_step(config, mesh: Mesh | None = None, step_loss: StepLoss | None = None
-                   ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
-    """``train_step(state, batch, rng) -> (new_state, metrics)``: one pure update.
+def get_grad_step(config, mesh: Mesh | None = None, step_loss: StepLoss | None = None
+                  ) -> Callable[[TrainState, Batch, Array], tuple[dict, dict]]:
+    """``grad_step(state, batch, rng) -> (grads, metrics)``: the gradient of the batch-mean loss
+    with respect to ``state.params``; metrics ``loss`` and the task's aux values (batch means).
 
     batch: ``{'image': (B, *data_shape) in [0, 1], 'label': (B,)}``; the data scaler is applied
-    here. metrics: ``loss``, ``grad_norm`` (before clipping), ``lr`` and the task's aux values
-    (batch means of the per-example values). With ``config.training.grad_accum_steps`` = k the
-    gradient is summed over k microbatches of B/k (:func:`microbatches`; ``mesh`` keeps them
-    sharded) before the update. ``step_loss`` replaces the config's objective
-    (:func:`losses.get_step_loss`) by another ``loss(params, rng, batch) -> (loss, aux)``.
-    """
+    here. With ``config.training.grad_accum_steps`` = k the gradient is summed over k
+    microbatches of B/k (:func:`microbatches`; ``mesh`` keeps them sharded). ``step_loss``
+    replaces the config's objective (:func:`losses.get_step_loss`) by another
+    ``loss(params, rng, batch) -> (loss, aux)``."""
     sde, _ = sde_lib.get_sde(config)
     if step_loss is None:
         step_loss = losses.get_step_loss(config, sde, mutils.get_model(config), train=True)
-    summed = summed_per_example(step_loss, batched_loss(config))
-    tx, lr_fn = get_optimizer(config), learning_rate(config)
-    scaler, ema_rate = datasets.get_data_scaler(config), float(config.model.ema_rate)
-    k = grad_accum_steps(config)
+    summed = losses.summed_per_example(step_loss, losses.batched_loss(config))
+    scaler, k = datasets.get_data_scaler(config), grad_accum_steps(config)
 
     def mean_grads(params: dict, keys: Array, batch: Batch, size: int):
-        """((loss, aux), grads) of the batch mean: the 1 / size is applied to the loss before
-        differentiating (a scalar), not to every gradient leaf afterwards (a pass per leaf);
-        the same values when size is a power of two."""
+        # The batch mean's 1 / size on the loss, not on every gradient leaf (a pass per leaf).
         grad_fn = jax.value_and_grad(
             lambda *a: jax.tree_util.tree_map(lambda v: v / size, summed(*a)), has_aux=True)
         if k == 1:
@@ -294,19 +243,40 @@ def get_train_step(config, mesh: Mesh | None = None, step_loss: StepLoss | None 
 
         return jax.lax.scan(accumulate, zeros, micro)[0]
 
-    def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, dict]:
+    def grad_step(state: TrainState, batch: Batch, rng: Array) -> tuple[dict, dict]:
         batch = {**batch, "image": scaler(batch["image"])}
         size = batch["image"].shape[0]
         (loss, aux), grads = mean_grads(state.params, jax.random.split(rng, size), batch, size)
+        return grads, {"loss": loss, **aux}
+
+    return grad_step
+
+
+def get_update_step(config) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
+    """``update(state, grads, metrics) -> (new_state, metrics)``: clipping and Adam, EMA, step
+    + 1; adds the metrics ``grad_norm`` (before clipping) and ``lr``."""
+    tx, lr_fn, ema_rate = get_optimizer(config), learning_rate(config), float(config.model.ema_rate)
+
+    def update(state: TrainState, grads: dict, metrics: dict) -> tuple[TrainState, dict]:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params_ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
                                             state.params_ema, params)
-        metrics = {"loss": loss, "grad_norm": global_norm(grads),
-                   "lr": lr_fn(state.step), **aux}
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            params_ema=params_ema)
-        return new, metrics
+        metrics = {**metrics, "grad_norm": global_norm(grads), "lr": lr_fn(state.step)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             params_ema=params_ema), metrics
+
+    return update
+
+
+def get_train_step(config, mesh: Mesh | None = None, step_loss: StepLoss | None = None
+                   ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
+    """``train_step(state, batch, rng) -> (new_state, metrics)``: one pure update,
+    :func:`get_update_step` of :func:`get_grad_step` (arguments and metrics as there)."""
+    grad_step, update = get_grad_step(config, mesh, step_loss), get_update_step(config)
+
+    def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, dict]:
+        return update(state, *grad_step(state, batch, rng))
 
     return train_step
 
@@ -330,20 +300,63 @@ def step_rng(state: TrainState, salt: int = 0) -> Array:
 
 
 # ---------------------------------------------------------------------------- compiled over a mesh
-def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None = None):
-    """Jitted ``(state, batches) -> (state, metrics)`` over ``mesh`` running ``n_steps``
-    updates (``lax.scan``; batches stacked (n_steps, B, ...) and metrics (n_steps,) when
-    n_steps > 1), update i using the key ``step_rng(state)``. The input state is donated.
+# A one-update step of a network of at least this many parameters is two programs (below).
+TWO_PROGRAMS_FROM = 50_000_000
 
-    ``unroll`` (default: on CPU meshes only) writes the n updates out instead of a rolled
-    loop. XLA:CPU runs the weight-gradient convolutions inside a loop body without its fast
-    convolution kernels: a rolled 5-update call of the digits DDPM++ took 941 ms an update
-    against 76 ms for single calls, unrolled 73 ms, for ~3x the compile time (7.8 -> 21.9 s;
-    ``bench/jitted_steps.py``, BENCHMARKS.md section 4, 2026-12-04). The same updates either
-    way."""
+
+class TwoPrograms:
+    """``(state, batch) -> second(state, *first(state, batch))`` for two jitted programs, with
+    the stages of one: ``lower(state, batch)`` lowers both (the second for the first's outputs),
+    ``compile()`` compiles both at once on two threads, ``as_text()`` joins their HLO.
+
+    The one-update train step of a large network is two programs, gradient and update, as
+    XLA:CPU's compile time grows faster than a program: the CIFAR-10 DDPM++ (62 M parameters)
+    compiles 1.25-1.33x faster on 2 cores, its step as fast (BENCHMARKS.md §13). Smaller
+    networks stay one program: as two, a step of the DDPM++ with nf = 64 (15 M) took 0-2 %
+    longer, of the digits DDPM++ (0.75 M) ~10 % (the update's own call, no overlap with the
+    backward pass; ``bench/two_programs.py``)."""
+
+    def __init__(self, first, second) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, state, batch):
+        return self.second(state, *self.first(state, batch))
+
+    def lower(self, state, batch) -> TwoPrograms:
+        first = self.first.lower(state, batch)
+        return TwoPrograms(first, self.second.lower(state, *first.out_info))
+
+    def compile(self) -> TwoPrograms:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return TwoPrograms(*pool.map(lambda p: p.compile(), (self.first, self.second)))
+
+    def as_text(self) -> str:
+        return self.first.as_text() + "\n" + self.second.as_text()
+
+
+def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None = None):
+    """Jitted ``(state, batch) -> (state, metrics)`` over ``mesh`` running ``n_steps``
+    updates, update i using the key ``step_rng(state)``; the input state is donated. One
+    update of a network of ≥ ``TWO_PROGRAMS_FROM`` parameters is :class:`TwoPrograms`, the
+    gradient (:func:`get_grad_step`) then the update (:func:`get_update_step`); otherwise one
+    program, for n_steps > 1 a ``lax.scan`` of :func:`get_train_step` (batches stacked
+    (n_steps, B, ...) and metrics (n_steps,)).
+
+    ``unroll`` (default: on CPU meshes only) writes the n updates out instead of a rolled loop,
+    in which XLA:CPU's weight-gradient convolutions are ~12x slower (digits DDPM++: 941 against
+    73 ms an update, for ~3x the compile time; BENCHMARKS.md section 4). The same updates."""
     unroll = mesh.devices.flat[0].platform == "cpu" if unroll is None else unroll
+    rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh, n_steps > 1)
 
     def build():
+        params = abstract_train_state(config).params
+        if n_steps == 1 and sum(p.size for p in jax.tree_util.tree_leaves(params)) >= TWO_PROGRAMS_FROM:
+            grad_step = get_grad_step(config, mesh)
+            return TwoPrograms(
+                jax.jit(lambda state, batch: grad_step(state, batch, step_rng(state)),
+                        in_shardings=(rep, data), out_shardings=rep),
+                jax.jit(get_update_step(config), in_shardings=rep, out_shardings=rep,
+                        donate_argnums=0))
         train_step = get_train_step(config, mesh)
 
         def one(state, batch):
@@ -351,9 +364,7 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None
 
         fn = one if n_steps == 1 else (lambda state, batches: jax.lax.scan(
             one, state, batches, unroll=n_steps if unroll else 1))
-        rep = sharding.replicated(mesh)
-        return jax.jit(fn, in_shardings=(rep, sharding.data_sharding(mesh, n_steps > 1)),
-                       out_shardings=(rep, rep), donate_argnums=0)
+        return jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
     return cached_jit(("train", mesh, n_steps, unroll), config, build)
 

@@ -89,8 +89,8 @@ def test_label_dropout_loss_is_per_example():
     params = _random_params(_tree_shapes(config))  # the init's branches start at 0: labels matter
     keys = jax.random.split(jax.random.PRNGKey(1), 64)
     batch = jax.tree.map(jnp.asarray, _labelled_batch())
-    whole = jax.jit(train_lib.summed_per_example(step_loss, batched=True))(params, keys, batch)[0]
-    alone = jax.jit(train_lib.summed_per_example(step_loss, batched=False))(params, keys, batch)[0]
+    whole = jax.jit(losses.summed_per_example(step_loss, batched=True))(params, keys, batch)[0]
+    alone = jax.jit(losses.summed_per_example(step_loss, batched=False))(params, keys, batch)[0]
     np.testing.assert_allclose(whole, alone, rtol=1e-5)
     no_dropout = _conditional(tiny_toy_config(), **{"training.label_dropout": 0.0})
     plain = losses.get_step_loss(no_dropout, sde, mutils.get_model(no_dropout), train=True)

@@ -131,6 +131,48 @@ def test_several_updates_per_call_are_unrolled_on_cpu():
     assert loops(unroll=False) == [(3, 1)], loops(unroll=False)  # the rolled scan on request
 
 
+def test_a_large_network_updates_by_two_programs_compiled_at_once_as_one_program_would(
+        monkeypatch):
+    """The one-update step of a network of ≥ ``TWO_PROGRAMS_FROM`` parameters (lowered here to
+    the toy's size; 8 devices, dropout on) is the gradient program then the update program:
+    ``lower(...).compile()`` compiles both (two HLO modules: the network's gradient, then
+    Adam's update) and returns the step; it, the jitted call and ``get_train_step`` as one
+    program give the same update and metrics; the input state is donated. Below the threshold
+    the step is one program."""
+    config = tiny_toy_config(**{"model.dropout": 0.3, "optim.warmup": 0, "optim.grad_clip": 0.01})
+    mesh = sharding.make_mesh(jax.devices())
+    size = sum(p.size for p in jax.tree_util.tree_leaves(train_lib.abstract_train_state(config).params))
+    small = train_lib.compile_train_step(config, mesh)
+    assert not isinstance(small, train_lib.TwoPrograms) and size < train_lib.TWO_PROGRAMS_FROM
+    monkeypatch.setattr(train_lib, "TWO_PROGRAMS_FROM", size)
+    monkeypatch.setattr(train_lib, "_JITTED", {})  # not the one-program step built above
+
+    def fresh():
+        return sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+
+    rng = np.random.default_rng(0)
+    batch = sharding.make_global_batch({"image": rng.normal(size=(64, 2)).astype(np.float32),
+                                        "label": np.zeros(64, np.int32)}, mesh)
+    step = train_lib.compile_train_step(config, mesh)
+    assert isinstance(step, train_lib.TwoPrograms)
+    compiled = step.lower(fresh(), batch).compile()
+    modules = compiled.as_text().split("HloModule ")[1:]
+    assert len(modules) == 2 and " dot(" in modules[0]  # the network and its gradients
+    assert " dot(" not in modules[1] and " sqrt(" in modules[1]  # the update: Adam's √v̂ + ε
+
+    state = fresh()
+    new, metrics = compiled(state, batch)
+    assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state.params))
+    called = step(fresh(), batch)
+    one = fresh()
+    whole = jax.jit(train_lib.get_train_step(config, mesh))(one, batch, train_lib.step_rng(one))
+    assert int(new.step) == 1 and 0.01 < float(metrics["grad_norm"])  # the clip is active
+    assert set(metrics) == set(whole[1]) == {"loss", "grad_norm", "lr"}
+    for other in (called, whole):
+        assert max_abs_diff(jax.device_get((new, metrics)), jax.device_get(other)) <= 1e-6
+    assert max_abs_diff(jax.device_get(new.params), jax.device_get(fresh().params)) > 1e-4
+
+
 def test_init_model_is_one_program_and_the_fresh_train_state_holds_its_parameters():
     """``init_model`` on a concrete key compiles one program (op by op, the tiny NCSN++'s
     hundreds of initializers and layers compiled ~250 programs, 11 s), and the parameters of

@@ -234,18 +234,18 @@ def test_accumulating_four_microbatches_gives_the_full_batch_update(n_devices, d
                                                 ("dsm", 0.3), ("ddpm", 0.3)])
 def test_the_batched_loss_equals_the_per_example_one(objective, dropout):
     """The train step runs the score loss once on the batch with per-example keys
-    (train_lib.batched_loss), the dropout masks included (prng.batch_key); its value and
+    (losses.batched_loss), the dropout masks included (prng.batch_key); its value and
     gradient are those of the batch-of-one calls, each with its own key."""
     overrides = {"dsm": {}, "smld": {"training.sde": "vesde", "training.continuous": False},
                  "ddpm": {"training.continuous": False}}[objective]
     config = tiny_toy_config(**overrides, **{"model.dropout": dropout})
-    assert train_lib.batched_loss(config)
+    assert losses.batched_loss(config)
     sde, _ = sde_lib.get_sde(config)
     loss = losses.get_step_loss(config, sde, get_model(config), train=True)
     params = train_lib.create_train_state(config, jax.random.PRNGKey(0)).params
     keys = jax.random.split(jax.random.PRNGKey(1), 8)
     batch = {"image": jax.random.normal(jax.random.PRNGKey(2), (8, 2)), "label": jnp.zeros(8, jnp.int32)}
-    grads = {batched: jax.jit(jax.value_and_grad(train_lib.summed_per_example(loss, batched),
+    grads = {batched: jax.jit(jax.value_and_grad(losses.summed_per_example(loss, batched),
                                                  has_aux=True))(params, keys, batch)
              for batched in (True, False)}
     (whole, _), g_whole = grads[True]
@@ -254,7 +254,7 @@ def test_the_batched_loss_equals_the_per_example_one(objective, dropout):
     assert tree_rel(g_whole, g_alone) < 1e-6 and float(whole) > 0
     if dropout:  # the masks are really per example: one key for all examples changes the loss
         shared = jnp.broadcast_to(keys[:1], keys.shape)
-        same, _ = jax.jit(train_lib.summed_per_example(loss, True))(params, shared, batch)
+        same, _ = jax.jit(losses.summed_per_example(loss, True))(params, shared, batch)
         assert abs(float(same) - float(whole)) > 1e-3 * float(whole)
 
 
