@@ -26,8 +26,13 @@ demo: $(STAMP)
 	$(BIN)/python -m score_sde_jax.demos.exact --out runs/demo/exact_samplers.png
 	$(BIN)/python -m score_sde_jax.demos.train --workdir runs/demo $(DEMO_ARGS)
 
+# Every bench/ script that runs on its own, one table each (BENCHMARKS.md). Left out:
+# vs_official.py (needs --official, a score_sde_pytorch checkout, and a Python with torch),
+# device_suite.py (an accelerator: bench/device_suite.sh), and the modules they import.
+BENCH_NEEDS_MORE := common device_suite official_worker vs_official vs_official_sampling
+BENCHES := $(filter-out $(BENCH_NEEDS_MORE:%=bench/%.py),$(sort $(wildcard bench/*.py)))
 bench: $(STAMP)
-	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+	for f in $(BENCHES); do $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,6 +1,8 @@
 """main.py as users run it: bad flags, config keys, modes and checkpoints are one-line errors
-naming the culprit; a tiny train -> sample round trip works end to end."""
+naming the culprit; a tiny train -> sample round trip works end to end. ``make bench`` runs
+only scripts that need no argument."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -168,3 +170,23 @@ def test_classifier_free_guidance_from_the_command_line(tmp_path):
                 "--class_label=3")
     assert bad.returncode == 1 and bad.stderr.splitlines()[-1].startswith(
         "main.py: error: ValueError: --class_label=3 is not a class of the network (0 .. 2")
+
+
+def test_make_bench_runs_every_standalone_script_and_only_those():
+    """``make bench`` loops over the bench/ scripts that run as they are: each has a main and no
+    required argument; every other script with a main needs one (``--official``, ``--out``)."""
+    out = subprocess.run(["make", "-n", "bench"], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    listed = {w for line in out.stdout.splitlines() if line.startswith("for f in")
+              for w in line.replace(";", " ").split() if w.startswith("bench/")}
+
+    def kind(path):
+        tree = ast.parse(path.read_text())
+        has_main = any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)
+        required = any(isinstance(n, ast.keyword) and n.arg == "required"
+                       and getattr(n.value, "value", False) is True for n in ast.walk(tree))
+        return has_main, required
+
+    scripts = {f"bench/{p.name}": kind(p) for p in (ROOT / "bench").glob("*.py")}
+    assert listed == {p for p, (main, required) in scripts.items() if main and not required}
+    assert len(listed) >= 15 and "bench/two_programs.py" in listed
