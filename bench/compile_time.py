@@ -8,7 +8,7 @@ state's shapes (``train_lib.abstract_train_state``, nothing initialised, as ``ru
 before the step) and times what ``main.py``'s first call
 of the step does before it runs (``logging_utils.announce_compile``): trace + lower
 (``compile_train_step(...).lower``) and XLA's compile (``.compile()``; the step of a network
-of ≥ 50 M parameters is two programs compiled on two threads, ``train_lib.TwoPrograms``), with the persistent
+of ≥ 50 M parameters is two programs compiled on two threads, ``programs.TwoPrograms``), with the persistent
 compilation cache in a new empty folder; a second process then compiles the same step from that
 folder, now filled. Python's cyclic garbage collector is paused as ``announce_compile`` pauses it
 (a checkout without ``logging_utils.cyclic_gc_paused`` runs with it on, as its ``main.py`` did).

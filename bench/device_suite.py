@@ -52,7 +52,7 @@ from common import ROOT, load_config, machine, print_table  # noqa: E402
 from group_norm import run_torch, time_jax  # noqa: E402
 from ode_likelihood import scipy_likelihood  # noqa: E402
 
-from score_sde_jax import likelihood, sampling, sde_lib, sharding, train_lib  # noqa: E402
+from score_sde_jax import likelihood, programs, sampling, sde_lib, sharding, train_lib  # noqa: E402
 from score_sde_jax.models import utils as mutils  # noqa: E402
 
 SMOKE = os.environ.get("DEVICE_SUITE_SMOKE", "") == "1"
@@ -108,8 +108,8 @@ def part_train(out: str, variants=VARIANTS["train"]) -> None:
         start = time.perf_counter()
         step = train_lib.compile_train_step(config, mesh).lower(state, batch).compile()
         compile_s = time.perf_counter() - start
-        # A network of >= 50 M parameters: two programs (train_lib.TwoPrograms), the larger plan.
-        parts = (step.first, step.second) if isinstance(step, train_lib.TwoPrograms) else (step,)
+        # A network of >= 50 M parameters: two programs (programs.TwoPrograms), the larger plan.
+        parts = (step.first, step.second) if isinstance(step, programs.TwoPrograms) else (step,)
         planned = max(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
                       + m.temp_size_in_bytes for m in (p.memory_analysis() for p in parts))
         for _ in range(2):

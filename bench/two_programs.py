@@ -1,16 +1,16 @@
-"""The one-update train step as one program or as two (``train_lib.TwoPrograms``): compile time
+"""The one-update train step as one program or as two (``programs.TwoPrograms``): compile time
 and time per update, by network size.
 
     python bench/two_programs.py [--pairs 5] [--only digits]
 
 For each config (batch 8, one device, as ``main.py`` runs: freed host memory kept) both forms of
-``train_lib.compile_train_step(config, mesh)`` are built by moving ``TWO_PROGRAMS_FROM`` below or
+``train_lib.compile_train_step(config, mesh)`` are built by moving ``LARGE_NETWORK`` below or
 above the network's size. Compile: ``lower(...).compile()`` of each form in its own fresh
 process (persistent cache off, cyclic GC paused as ``announce_compile`` does; the two programs
 compile on two threads). Run time: both forms in one process from the same initial state, timed
 in interleaved pairs (one, two, one, two, ...) after a warm-up update each; a pair times
-``--calls`` chained updates of each. Ratios one / two (> 1: two programs are faster).
-"""
+chained updates of each (20, 2, 1 for the rows below). Ratios one / two (> 1: two programs are
+faster)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from unittest import mock
 from score_sde_jax import cli
 cli.keep_freed_host_memory()
 import jax, numpy as np
-from score_sde_jax import logging_utils, sharding, train_lib
+from score_sde_jax import logging_utils, programs, sharding, train_lib
 from score_sde_jax.models import utils as mutils
 config = cli.load_config(sys.argv[1])
 config.training.batch_size = 8
@@ -47,9 +47,9 @@ mesh = sharding.make_mesh(jax.devices()[:1])
 
 def build(two):
     train_lib._JITTED.clear()
-    with mock.patch.object(train_lib, "TWO_PROGRAMS_FROM", 0 if two else float("inf")):
+    with mock.patch.object(train_lib, "LARGE_NETWORK", 0 if two else float("inf")):
         step = train_lib.compile_train_step(config, mesh)
-    assert isinstance(step, train_lib.TwoPrograms) == two
+    assert isinstance(step, programs.TwoPrograms) == two
     return step
 """
 

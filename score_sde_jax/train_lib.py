@@ -19,7 +19,6 @@ summation order) whatever the number of devices and hosts and ``config.training.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 from collections.abc import Callable, Mapping
 
@@ -31,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from score_sde_jax import datasets, losses, sde_lib, sharding
+from score_sde_jax import datasets, losses, programs, sde_lib, sharding
 from score_sde_jax.models import utils as mutils
 
 Array = jax.Array
@@ -300,59 +299,41 @@ def step_rng(state: TrainState, salt: int = 0) -> Array:
 
 
 # ---------------------------------------------------------------------------- compiled over a mesh
-# A one-update step of a network of at least this many parameters is two programs (below).
-TWO_PROGRAMS_FROM = 50_000_000
-
-
-class TwoPrograms:
-    """``(state, batch) -> second(state, *first(state, batch))`` for two jitted programs, with
-    the stages of one: ``lower(state, batch)`` lowers both (the second for the first's outputs),
-    ``compile()`` compiles both at once on two threads, ``as_text()`` joins their HLO.
-
-    The one-update train step of a large network is two programs, gradient and update, as
-    XLA:CPU's compile time grows faster than a program: the CIFAR-10 DDPM++ (62 M parameters)
-    compiles 1.25-1.33x faster on 2 cores, its step as fast (BENCHMARKS.md §13). Smaller
-    networks stay one program: as two, a step of the DDPM++ with nf = 64 (15 M) took 0-2 %
-    longer, of the digits DDPM++ (0.75 M) ~10 % (the update's own call, no overlap with the
-    backward pass; ``bench/two_programs.py``)."""
-
-    def __init__(self, first, second) -> None:
-        self.first, self.second = first, second
-
-    def __call__(self, state, batch):
-        return self.second(state, *self.first(state, batch))
-
-    def lower(self, state, batch) -> TwoPrograms:
-        first = self.first.lower(state, batch)
-        return TwoPrograms(first, self.second.lower(state, *first.out_info))
-
-    def compile(self) -> TwoPrograms:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            return TwoPrograms(*pool.map(lambda p: p.compile(), (self.first, self.second)))
-
-    def as_text(self) -> str:
-        return self.first.as_text() + "\n" + self.second.as_text()
+# A network of at least this many parameters has its step compiled in pieces on CPU, as
+# XLA:CPU's compile time grows faster than a program: one update as two programs, its gradient
+# then its update (programs.TwoPrograms, any platform), n updates a call as n calls of that
+# (programs.Repeated). The CIFAR-10 DDPM++ (62 M): one update compiles 1.25-1.33x faster, as
+# fast a step; 5 updates 13 s against 113 s unrolled, 13 % faster an update. Smaller networks:
+# as two programs a step of the DDPM++ with nf = 64 (15 M) took 0-2 % longer, of the digits
+# DDPM++ (0.75 M) ~10 % (the update's own call, no overlap with the backward pass), whose 5
+# updates unrolled run 10 % faster than 5 calls. BENCHMARKS.md §4, §13; bench/two_programs.py,
+# bench/jitted_steps.py.
+LARGE_NETWORK = 50_000_000
 
 
 def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None = None):
     """Jitted ``(state, batch) -> (state, metrics)`` over ``mesh`` running ``n_steps``
-    updates, update i using the key ``step_rng(state)``; the input state is donated. One
-    update of a network of ≥ ``TWO_PROGRAMS_FROM`` parameters is :class:`TwoPrograms`, the
-    gradient (:func:`get_grad_step`) then the update (:func:`get_update_step`); otherwise one
-    program, for n_steps > 1 a ``lax.scan`` of :func:`get_train_step` (batches stacked
-    (n_steps, B, ...) and metrics (n_steps,)).
+    updates (batches stacked (n_steps, B, ...) and metrics (n_steps,) when n_steps > 1), update
+    i using the key ``step_rng(state)``; the input state is donated. One update is one program
+    (:func:`get_train_step`), or for a network of ≥ ``LARGE_NETWORK`` parameters
+    :class:`programs.TwoPrograms` (:func:`get_grad_step`, then :func:`get_update_step`).
 
-    ``unroll`` (default: on CPU meshes only) writes the n updates out instead of a rolled loop,
-    in which XLA:CPU's weight-gradient convolutions are ~12x slower (digits DDPM++: 941 against
-    73 ms an update, for ~3x the compile time; BENCHMARKS.md section 4). The same updates."""
-    unroll = mesh.devices.flat[0].platform == "cpu" if unroll is None else unroll
+    n_steps > 1 is one program, a ``lax.scan`` of :func:`get_train_step`, unrolled with
+    ``unroll`` (default: on CPU meshes only, where a rolled loop runs the weight-gradient
+    convolutions ~20x slower); except by default on CPU for a network of ≥ ``LARGE_NETWORK``
+    parameters: n calls of the one-update step (:func:`repeated_train_step`). The same updates
+    every way."""
+    cpu = mesh.devices.flat[0].platform == "cpu"
     rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh, n_steps > 1)
 
     def build():
         params = abstract_train_state(config).params
-        if n_steps == 1 and sum(p.size for p in jax.tree_util.tree_leaves(params)) >= TWO_PROGRAMS_FROM:
+        large = sum(p.size for p in jax.tree_util.tree_leaves(params)) >= LARGE_NETWORK
+        if n_steps > 1 and unroll is None and cpu and large:
+            return repeated_train_step(config, mesh, n_steps)
+        if n_steps == 1 and large:
             grad_step = get_grad_step(config, mesh)
-            return TwoPrograms(
+            return programs.TwoPrograms(
                 jax.jit(lambda state, batch: grad_step(state, batch, step_rng(state)),
                         in_shardings=(rep, data), out_shardings=rep),
                 jax.jit(get_update_step(config), in_shardings=rep, out_shardings=rep,
@@ -363,10 +344,18 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None
             return train_step(state, batch, step_rng(state))
 
         fn = one if n_steps == 1 else (lambda state, batches: jax.lax.scan(
-            one, state, batches, unroll=n_steps if unroll else 1))
+            one, state, batches, unroll=n_steps if (cpu if unroll is None else unroll) else 1))
         return jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
     return cached_jit(("train", mesh, n_steps, unroll), config, build)
+
+
+def repeated_train_step(config, mesh: Mesh, n_steps: int) -> programs.Repeated:
+    """``(state, batches (n_steps, B, ...)) -> (state, metrics (n_steps,))`` as n_steps calls
+    of ``compile_train_step(config, mesh)`` (its compiled programs shared)."""
+    take = jax.jit(lambda batches, i: jax.tree_util.tree_map(lambda v: v[i], batches),
+                   out_shardings=sharding.data_sharding(mesh))
+    return programs.Repeated(compile_train_step(config, mesh), n_steps, take)
 
 
 def compile_eval_step(config, mesh: Mesh):

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "score_sde_jax"
 
 # L0 plumbing, L1 maths, L2 infrastructure, L3 modes, L4 entry points (ARCHITECTURE.md).
 LAYERS = {
-    0: ("prng", "sharding", "files", "cli"),
+    0: ("prng", "sharding", "files", "cli", "programs"),
     1: ("sde_lib", "analytic", "likelihood", "controllable_generation", "classifier_lib",
         "ode_solver", "losses", "sampling", "models", "guidance"),
     2: ("datasets", "data", "train_lib", "eval_lib", "checkpoints", "logging_utils", "preemption",

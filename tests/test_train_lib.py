@@ -20,6 +20,7 @@ from score_sde_jax import (
     datasets,
     logging_utils,
     losses,
+    programs,
     run_lib,
     sampling,
     sde_lib,
@@ -95,8 +96,14 @@ def test_data_parallel_step_equals_the_single_device_step():
         config, jax.random.PRNGKey(0)).params) > 1e-3  # the updates did move the weights
 
 
-def test_several_updates_per_call_train_like_one_per_call(tmp_path):
-    """n_jitted_steps=5 (lax.scan; 12 = 5 + 5 + 1 + 1 updates) ends where 12 single calls do."""
+@pytest.mark.parametrize("large", [False, True])
+def test_several_updates_per_call_train_like_one_per_call(tmp_path, monkeypatch, large):
+    """n_jitted_steps=5 (12 = 5 + 5 + 1 + 1 updates) ends where 12 single calls do: a
+    lax.scan, or for a large network (``LARGE_NETWORK`` lowered to 0) calls of the one-update
+    step made of two programs, through run_lib's loop."""
+    if large:
+        monkeypatch.setattr(train_lib, "LARGE_NETWORK", 0)
+        monkeypatch.setattr(train_lib, "_JITTED", {})
     mesh = sharding.make_mesh(jax.devices()[:1])
     single = run_lib.train(tiny_toy_config(**{"training.n_iters": 12}), str(tmp_path / "a"), mesh)
     scanned = run_lib.train(tiny_toy_config(**{"training.n_iters": 12, "training.n_jitted_steps": 5}),
@@ -115,25 +122,49 @@ def _scans(jaxpr):
                 yield from _scans(getattr(param, "jaxpr", param))
 
 
-def test_several_updates_per_call_are_unrolled_on_cpu():
-    """On a CPU mesh the scan over the n updates of a call is unrolled n times by default
-    (XLA:CPU runs convolution gradients inside a loop body ~10-30x slower:
-    train_lib.compile_train_step); ``unroll=False`` keeps the rolled scan."""
-    config = tiny_toy_config()
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    state = train_lib.create_train_state(config, jax.random.PRNGKey(0))
-    batches = {"image": np.zeros((3, 64, 2), np.float32), "label": np.zeros((3, 64), np.int32)}
-    def loops(**unroll):
-        jaxpr = jax.make_jaxpr(train_lib.compile_train_step(config, mesh, 3, **unroll))(state, batches)
+def test_several_updates_per_call_on_cpu_unrolled_or_as_calls_of_the_one_update_step(monkeypatch):
+    """On a CPU mesh n updates a call are by default an unrolled scan (a rolled one runs
+    XLA:CPU's convolution gradients ~20x slower), or for a network of ≥ ``LARGE_NETWORK``
+    parameters (lowered here to 0) n calls of the one-update step (programs.Repeated, sharing
+    its compiled programs: an unrolled scan of the CIFAR-10 DDPM++ compiles ~8x as long). On 8
+    devices, compiled ahead of time as main.py does, the calls give the same state bitwise as n
+    calls of the one-update step, the metrics stacked (n,). ``unroll=False``: the rolled scan."""
+    config = tiny_toy_config(**{"model.dropout": 0.3, "optim.warmup": 0})
+    mesh = sharding.make_mesh(jax.devices())
+
+    def fresh():
+        return sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+
+    rng = np.random.default_rng(0)
+    local = {"image": rng.normal(size=(3, 64, 2)).astype(np.float32),
+             "label": np.zeros((3, 64), np.int32)}
+
+    def loops(unroll=None):
+        jaxpr = jax.make_jaxpr(train_lib.compile_train_step(config, mesh, 3, unroll))(
+            fresh(), jax.tree_util.tree_map(np.asarray, local))
         return [(eqn.params["length"], eqn.params["unroll"]) for eqn in _scans(jaxpr.jaxpr)]
 
-    assert loops() == [(3, 3)], loops()
-    assert loops(unroll=False) == [(3, 1)], loops(unroll=False)  # the rolled scan on request
+    assert loops() == [(3, 3)] and loops(False) == [(3, 1)]
+    monkeypatch.setattr(train_lib, "LARGE_NETWORK", 0)
+    monkeypatch.setattr(train_lib, "_JITTED", {})  # not the steps built above
+    repeated = train_lib.compile_train_step(config, mesh, 3)
+    one = train_lib.compile_train_step(config, mesh)
+    assert isinstance(repeated, programs.Repeated) and repeated.step is one
+    assert isinstance(one, programs.TwoPrograms)
+    batches = sharding.make_global_batch(local, mesh, stacked=True)
+    state, metrics = repeated.lower(fresh(), batches).compile()(fresh(), batches)
+    single, losses_ = fresh(), []
+    for i in range(3):
+        single, m = one(single, sharding.make_global_batch({k: v[i] for k, v in local.items()}, mesh))
+        losses_.append(float(m["loss"]))
+    assert int(state.step) == 3 and metrics["loss"].shape == (3,)
+    assert max_abs_diff(jax.device_get(state), jax.device_get(single)) == 0
+    np.testing.assert_array_equal(np.asarray(metrics["loss"]), np.float32(losses_))
 
 
 def test_a_large_network_updates_by_two_programs_compiled_at_once_as_one_program_would(
         monkeypatch):
-    """The one-update step of a network of ≥ ``TWO_PROGRAMS_FROM`` parameters (lowered here to
+    """The one-update step of a network of ≥ ``LARGE_NETWORK`` parameters (lowered here to
     the toy's size; 8 devices, dropout on) is the gradient program then the update program:
     ``lower(...).compile()`` compiles both (two HLO modules: the network's gradient, then
     Adam's update) and returns the step; it, the jitted call and ``get_train_step`` as one
@@ -143,8 +174,8 @@ def test_a_large_network_updates_by_two_programs_compiled_at_once_as_one_program
     mesh = sharding.make_mesh(jax.devices())
     size = sum(p.size for p in jax.tree_util.tree_leaves(train_lib.abstract_train_state(config).params))
     small = train_lib.compile_train_step(config, mesh)
-    assert not isinstance(small, train_lib.TwoPrograms) and size < train_lib.TWO_PROGRAMS_FROM
-    monkeypatch.setattr(train_lib, "TWO_PROGRAMS_FROM", size)
+    assert not isinstance(small, programs.TwoPrograms) and size < train_lib.LARGE_NETWORK
+    monkeypatch.setattr(train_lib, "LARGE_NETWORK", size)
     monkeypatch.setattr(train_lib, "_JITTED", {})  # not the one-program step built above
 
     def fresh():
@@ -154,7 +185,7 @@ def test_a_large_network_updates_by_two_programs_compiled_at_once_as_one_program
     batch = sharding.make_global_batch({"image": rng.normal(size=(64, 2)).astype(np.float32),
                                         "label": np.zeros(64, np.int32)}, mesh)
     step = train_lib.compile_train_step(config, mesh)
-    assert isinstance(step, train_lib.TwoPrograms)
+    assert isinstance(step, programs.TwoPrograms)
     compiled = step.lower(fresh(), batch).compile()
     modules = compiled.as_text().split("HloModule ")[1:]
     assert len(modules) == 2 and " dot(" in modules[0]  # the network and its gradients

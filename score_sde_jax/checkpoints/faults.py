@@ -50,14 +50,17 @@ def _in_orbax(tb) -> bool:
 
 
 class _OrbaxTaskErrors(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for an orbax coroutine: the
-    duplicate of the error that orbax re-raises on the caller's thread."""
+    """Drops asyncio's "Task / Future exception was never retrieved" for an orbax coroutine or
+    a tensorstore future (orbax's reads and writes; a tensorstore error names its
+    ``tensorstore_spec``): the duplicate of the error that orbax re-raises on the caller's
+    thread."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[2] if record.exc_info else None
+        _, exc, tb = record.exc_info or (None, None, None)
         return not (record.levelno >= logging.ERROR
-                    and record.getMessage().startswith("Task exception was never retrieved")
-                    and _in_orbax(exc))
+                    and record.getMessage().startswith(("Task exception was never retrieved",
+                                                        "Future exception was never retrieved"))
+                    and (_in_orbax(tb) or "[tensorstore_spec=" in str(exc)))
 
 
 def _is_closed_loop_noise(unraisable) -> bool:
