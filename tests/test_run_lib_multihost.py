@@ -1,6 +1,7 @@
 """Multi-host data parallelism for real: two processes on 127.0.0.1 (jax.distributed with gloo
 CPU collectives, 2 devices each), each feeding its own half of every global batch, end with the
-parameters of one process that sees the whole batch; the full training loop (orbax checkpoints
+parameters of one process that sees the whole batch (a large network's step too: its
+gradient and update programs, n updates as n calls); the full training loop (orbax checkpoints
 written and resumed collectively) runs across the two processes too, and a SIGTERM to one of
 them stops both at the same step with one checkpoint, from which the resumed run ends exactly
 where an uninterrupted one does.
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 from training_helpers import ROOT, max_abs_diff, subprocess_env, tiny_toy_config
 
-from score_sde_jax import checkpoints, preemption, sharding, train_lib
+from score_sde_jax import checkpoints, preemption, programs, sharding, train_lib
 
 N_STEPS, GLOBAL_BATCH = 3, 64
 # numpy-sampled toy data; dropout on, so that the per-example keys must line up across hosts
@@ -49,6 +50,27 @@ def train_steps(part: slice | None = None):
     return jax.device_get(state)
 
 
+def train_steps_in_pieces(part: slice | None = None):
+    """The same N_STEPS updates as one call of N_STEPS updates of a large network's step
+    (``LARGE_NETWORK`` lowered to 0): N_STEPS calls of the gradient and update programs
+    (programs.Repeated of programs.TwoPrograms), compiled ahead of time as main.py does."""
+    config = tiny_toy_config(**STEP_CONFIG, **{"training.pieces": True})  # another cached step
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(train_lib.create_train_state(config, jax.random.PRNGKey(0)), mesh)
+    local = {k: np.stack([b[k][part] if part else b[k] for b in global_batches()])
+             for k in ("image", "label")}
+    batches = sharding.make_global_batch(local, mesh, stacked=True)
+    large, train_lib.LARGE_NETWORK = train_lib.LARGE_NETWORK, 0
+    try:
+        step = train_lib.compile_train_step(config, mesh, N_STEPS)
+    finally:
+        train_lib.LARGE_NETWORK = large
+    assert isinstance(step.step, programs.TwoPrograms)
+    state, metrics = step.lower(state, batches).compile()(state, batches)
+    assert np.asarray(jax.device_get(metrics["loss"])).shape == (N_STEPS,)
+    return jax.device_get(state)
+
+
 def worker(process_id: int, port: int, workdir: str) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
@@ -59,6 +81,10 @@ def worker(process_id: int, port: int, workdir: str) -> None:
     if process_id == 0:
         leaves = jax.tree_util.tree_leaves_with_path(state.params)
         np.savez(f"{workdir}/params.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
+    pieces = train_steps_in_pieces(slice(process_id * half, (process_id + 1) * half))
+    if process_id == 0:
+        leaves = jax.tree_util.tree_leaves_with_path(pieces.params)
+        np.savez(f"{workdir}/pieces.npz", **{jax.tree_util.keystr(k): v for k, v in leaves})
 
     from score_sde_jax import logging_utils, run_lib
 
@@ -114,10 +140,11 @@ def test_two_processes_train_like_one(tmp_path):
     for p, err in zip(procs, outputs, strict=True):
         assert p.returncode == 143, err[-4000:]  # both stopped for SIGTERM
 
-    saved = np.load(tmp_path / "params.npz")
     leaves = jax.tree_util.tree_leaves_with_path(single.params)
-    assert sorted(saved.files) == sorted(jax.tree_util.keystr(k) for k, _ in leaves)
-    assert max(float(np.max(np.abs(saved[jax.tree_util.keystr(k)] - v))) for k, v in leaves) <= 1e-5
+    for name in ("params", "pieces"):  # one program a step; two programs, three calls a call
+        saved = np.load(tmp_path / f"{name}.npz")
+        assert sorted(saved.files) == sorted(jax.tree_util.keystr(k) for k, _ in leaves)
+        assert max(float(np.max(np.abs(saved[jax.tree_util.keystr(k)] - v))) for k, v in leaves) <= 1e-5
     assert max_abs_diff(single.params, train_lib.create_train_state(
         tiny_toy_config(**STEP_CONFIG), jax.random.PRNGKey(0)).params) > 1e-3
 
