@@ -5,13 +5,13 @@
 For each full-size CIFAR-10 config (DDPM++ ``configs/vp/cifar10_ddpmpp_continuous.py``, NCSN++
 ``configs/ve/cifar10_ncsnpp_continuous.py``, batch 8, one device) a fresh process builds the
 state's shapes (``train_lib.abstract_train_state``, nothing initialised, as ``run_lib`` does
-before the step) and times what ``main.py``'s first call
-of the step does before it runs (``logging_utils.announce_compile``): trace + lower
-(``compile_train_step(...).lower``) and XLA's compile (``.compile()``; the step of a network
-of ≥ 50 M parameters is two programs compiled on two threads, ``programs.TwoPrograms``), with the persistent
-compilation cache in a new empty folder; a second process then compiles the same step from that
-folder, now filled. Python's cyclic garbage collector is paused as ``announce_compile`` pauses it
-(a checkout without ``logging_utils.cyclic_gc_paused`` runs with it on, as its ``main.py`` did).
+before the step) and times what ``main.py``'s first call of the step does before it runs
+(``logging_utils.announce_compile``): trace + lower (``compile_train_step(...).lower``) and
+XLA's compile (``.compile()``; on CPU the step of a network of ≥ 50 M parameters is two
+programs compiled on two threads, ``programs.TwoPrograms``), with the persistent compilation
+cache in a new empty folder; a second process then compiles the same step from that folder,
+now filled. Python's cyclic garbage collector is paused as ``announce_compile`` pauses it (a
+checkout without ``logging_utils.cyclic_gc_paused`` runs with it on, as its ``main.py`` did).
 
 ``--baseline PATH``: the same measurements with the package of another checkout (e.g. ``git
 worktree add /tmp/base HEAD~3``), interleaved with this one's (baseline, this, baseline, ...),

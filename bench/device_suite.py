@@ -108,7 +108,7 @@ def part_train(out: str, variants=VARIANTS["train"]) -> None:
         start = time.perf_counter()
         step = train_lib.compile_train_step(config, mesh).lower(state, batch).compile()
         compile_s = time.perf_counter() - start
-        # A network of >= 50 M parameters: two programs (programs.TwoPrograms), the larger plan.
+        # Two programs (programs.TwoPrograms: CPU meshes, >= 50 M parameters): the larger plan.
         parts = (step.first, step.second) if isinstance(step, programs.TwoPrograms) else (step,)
         planned = max(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
                       + m.temp_size_in_bytes for m in (p.memory_analysis() for p in parts))

@@ -299,15 +299,15 @@ def step_rng(state: TrainState, salt: int = 0) -> Array:
 
 
 # ---------------------------------------------------------------------------- compiled over a mesh
-# A network of at least this many parameters has its step compiled in pieces on CPU, as
-# XLA:CPU's compile time grows faster than a program: one update as two programs, its gradient
-# then its update (programs.TwoPrograms, any platform), n updates a call as n calls of that
-# (programs.Repeated). The CIFAR-10 DDPM++ (62 M): one update compiles 1.25-1.33x faster, as
-# fast a step; 5 updates 13 s against 113 s unrolled, 13 % faster an update. Smaller networks:
-# as two programs a step of the DDPM++ with nf = 64 (15 M) took 0-2 % longer, of the digits
-# DDPM++ (0.75 M) ~10 % (the update's own call, no overlap with the backward pass), whose 5
-# updates unrolled run 10 % faster than 5 calls. BENCHMARKS.md §4, §13; bench/two_programs.py,
-# bench/jitted_steps.py.
+# On a CPU mesh, a network of at least this many parameters has its step compiled in pieces,
+# as XLA:CPU's compile time grows faster than a program: one update as two programs, its
+# gradient then its update (programs.TwoPrograms), n updates a call as n calls of that
+# (programs.Repeated); GPU / TPU meshes (not measured) keep one program. The CIFAR-10 DDPM++
+# (62 M): one update compiles 1.25-1.33x faster, as fast a step; 5 updates 13 s against 113 s
+# unrolled, 13 % faster an update. Smaller networks: as two programs a step of the DDPM++ with
+# nf = 64 (15 M) took 0-2 % longer, of the digits DDPM++ (0.75 M) ~10 % (the update's own
+# call, no overlap with the backward pass), whose 5 updates unrolled run 10 % faster than 5
+# calls. BENCHMARKS.md §4, §13; bench/two_programs.py, bench/jitted_steps.py.
 LARGE_NETWORK = 50_000_000
 
 
@@ -315,7 +315,7 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None
     """Jitted ``(state, batch) -> (state, metrics)`` over ``mesh`` running ``n_steps``
     updates (batches stacked (n_steps, B, ...) and metrics (n_steps,) when n_steps > 1), update
     i using the key ``step_rng(state)``; the input state is donated. One update is one program
-    (:func:`get_train_step`), or for a network of ≥ ``LARGE_NETWORK`` parameters
+    (:func:`get_train_step`), or on a CPU mesh for a network of ≥ ``LARGE_NETWORK`` parameters
     :class:`programs.TwoPrograms` (:func:`get_grad_step`, then :func:`get_update_step`).
 
     n_steps > 1 is one program, a ``lax.scan`` of :func:`get_train_step`, unrolled with
@@ -328,8 +328,8 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None
 
     def build():
         params = abstract_train_state(config).params
-        large = sum(p.size for p in jax.tree_util.tree_leaves(params)) >= LARGE_NETWORK
-        if n_steps > 1 and unroll is None and cpu and large:
+        large = cpu and sum(p.size for p in jax.tree_util.tree_leaves(params)) >= LARGE_NETWORK
+        if n_steps > 1 and unroll is None and large:
             return repeated_train_step(config, mesh, n_steps)
         if n_steps == 1 and large:
             grad_step = get_grad_step(config, mesh)
