@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +27,13 @@ class TwoPrograms:
     ``lower(state, batch)`` lowers both (the second for the first's outputs), ``compile()``
     compiles both at once on two threads, ``as_text()`` joins their HLO."""
 
-    def __init__(self, first, second) -> None:
+    def __init__(self, first: Any, second: Any) -> None:
         self.first, self.second = first, second
 
-    def __call__(self, state, batch):
+    def __call__(self, state: Any, batch: Any) -> tuple[Any, Any]:
         return self.second(state, *self.first(state, batch))
 
-    def lower(self, state, batch) -> TwoPrograms:
+    def lower(self, state: Any, batch: Any) -> TwoPrograms:
         first = self.first.lower(state, batch)
         return TwoPrograms(first, self.second.lower(state, *first.out_info))
 
@@ -51,17 +52,17 @@ class Repeated:
     function placing it as ``step`` expects). ``lower`` / ``compile`` / ``as_text`` are the
     step's (one program, or :class:`TwoPrograms`), for a batch of (B, ...)."""
 
-    def __init__(self, step, n: int, take: Callable) -> None:
+    def __init__(self, step: Any, n: int, take: Callable) -> None:
         self.step, self.n, self.take = step, n, take
 
-    def __call__(self, state, batches):
+    def __call__(self, state: Any, batches: Any) -> tuple[Any, Any]:
         metrics = []
         for i in range(self.n):
             state, m = self.step(state, self.take(batches, i))
             metrics.append(m)
         return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
 
-    def lower(self, state, batches) -> Repeated:
+    def lower(self, state: Any, batches: Any) -> Repeated:
         one = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), batches)
         return Repeated(self.step.lower(state, one), self.n, self.take)
 
