@@ -327,8 +327,8 @@ def compile_train_step(config, mesh: Mesh, n_steps: int = 1, unroll: bool | None
     rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh, n_steps > 1)
 
     def build():
-        params = abstract_train_state(config).params
-        large = cpu and sum(p.size for p in jax.tree_util.tree_leaves(params)) >= LARGE_NETWORK
+        large = cpu and sum(p.size for p in jax.tree_util.tree_leaves(
+            abstract_train_state(config).params)) >= LARGE_NETWORK  # shapes traced on CPU only
         if n_steps > 1 and unroll is None and large:
             return repeated_train_step(config, mesh, n_steps)
         if n_steps == 1 and large:
